@@ -1,0 +1,1 @@
+"""The headless core: discovery, registry, workers and routing. Never imports Qt."""
