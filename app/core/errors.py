@@ -1,0 +1,57 @@
+"""Errors the core raises; the server maps each class to an HTTP status in one table."""
+
+from __future__ import annotations
+
+
+class SwitchboardError(Exception):
+    """Base class: `message` is shown to the client, `param` names the offending field."""
+
+    code: str = "switchboard_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, param={self.param!r}, code={self.code!r})"
+
+
+class InvalidRequest(SwitchboardError):
+    code = "invalid_request"
+
+
+class ModelNotFound(SwitchboardError):
+    code = "model_not_found"
+
+
+class CapabilityMissing(SwitchboardError):
+    code = "capability_not_available"
+
+
+class ModelUnavailable(SwitchboardError):
+    """The model exists but cannot serve now: failed load, crashed worker, out of memory."""
+
+    code = "model_unavailable"
+
+
+class WorkerCrashed(ModelUnavailable):
+    code = "worker_crashed"
+
+
+class InsufficientMemory(ModelUnavailable):
+    code = "insufficient_memory"
+
+
+class Unauthorized(SwitchboardError):
+    code = "invalid_api_key"
+
+
+class Forbidden(SwitchboardError):
+    code = "forbidden"
+
+
+class PayloadTooLarge(SwitchboardError):
+    code = "payload_too_large"

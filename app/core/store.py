@@ -1,0 +1,104 @@
+"""SQLite persistence for what must survive restarts: user edits, usage and settings."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS models (
+    id TEXT PRIMARY KEY,
+    discovered TEXT NOT NULL,
+    enabled INTEGER NOT NULL DEFAULT 1,
+    aliases TEXT NOT NULL DEFAULT '[]',
+    capabilities TEXT,
+    use_count INTEGER NOT NULL DEFAULT 0,
+    last_used REAL,
+    missing INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS settings (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+
+
+class Store:
+    """A small write-through store. WAL without per-commit fsync keeps each write well under a millisecond."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        # The server may touch the store from the event loop and from a thread helper; serialise access.
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def models(self) -> Iterator[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, discovered, enabled, aliases, capabilities, use_count, last_used, missing FROM models"
+            ).fetchall()
+        for row in rows:
+            yield {
+                "id": row[0],
+                "discovered": json.loads(row[1]),
+                "enabled": bool(row[2]),
+                "aliases": json.loads(row[3]),
+                "capabilities": None if row[4] is None else json.loads(row[4]),
+                "use_count": row[5],
+                "last_used": row[6],
+                "missing": bool(row[7]),
+            }
+
+    def upsert_model(self, model_id: str, discovered: dict[str, Any], *, missing: bool) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO models (id, discovered, missing) VALUES (?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET discovered = excluded.discovered, missing = excluded.missing",
+                (model_id, json.dumps(discovered), int(missing)),
+            )
+
+    def set_missing(self, model_id: str, missing: bool) -> None:
+        self._update(model_id, "missing", int(missing))
+
+    def set_enabled(self, model_id: str, enabled: bool) -> None:
+        self._update(model_id, "enabled", int(enabled))
+
+    def set_aliases(self, model_id: str, aliases: list[str]) -> None:
+        self._update(model_id, "aliases", json.dumps(aliases))
+
+    def set_capabilities(self, model_id: str, capabilities: list[str] | None) -> None:
+        self._update(model_id, "capabilities", None if capabilities is None else json.dumps(capabilities))
+
+    def record_use(self, model_id: str, use_count: int, last_used: float) -> None:
+        with self._lock:
+            self._db.execute(
+                "UPDATE models SET use_count = ?, last_used = ? WHERE id = ?", (use_count, last_used, model_id)
+            )
+
+    def _update(self, model_id: str, column: str, value: Any) -> None:
+        # `column` is always one of this class's literals, never user input.
+        with self._lock:
+            self._db.execute(f"UPDATE models SET {column} = ? WHERE id = ?", (value, model_id))
+
+    def get_setting(self, key: str, default: Any = None) -> Any:
+        with self._lock:
+            row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return default if row is None else json.loads(row[0])
+
+    def set_setting(self, key: str, value: Any) -> None:
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (key, json.dumps(value)),
+            )

@@ -1,0 +1,75 @@
+"""The one place where errors become HTTP responses, in OpenAI's envelope."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from app.core import errors
+
+# Most specific class first: the first match wins.
+STATUS: tuple[tuple[type[errors.SwitchboardError], int, str], ...] = (
+    (errors.InvalidRequest, 400, "invalid_request_error"),
+    (errors.Unauthorized, 401, "authentication_error"),
+    (errors.Forbidden, 403, "permission_error"),
+    (errors.ModelNotFound, 404, "invalid_request_error"),
+    (errors.CapabilityMissing, 404, "invalid_request_error"),
+    (errors.PayloadTooLarge, 413, "invalid_request_error"),
+    (errors.ModelUnavailable, 503, "server_error"),
+    (errors.SwitchboardError, 500, "server_error"),
+)
+
+
+def envelope(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def describe(exc: errors.SwitchboardError) -> tuple[int, dict[str, Any]]:
+    for cls, status, type_ in STATUS:
+        if isinstance(exc, cls):
+            return status, envelope(exc.message, type_, param=exc.param, code=exc.code)
+    raise AssertionError("unreachable: SwitchboardError is in the table")
+
+
+def error_response(exc: errors.SwitchboardError, headers: dict[str, str] | None = None) -> JSONResponse:
+    status, body = describe(exc)
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def sse_error(exc: errors.SwitchboardError) -> bytes:
+    """An error event inside an already started stream (the HTTP status was sent with the first byte)."""
+    return b"data: " + json.dumps(describe(exc)[1]).encode() + b"\n\n"
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0]
+    loc = [str(part) for part in first.get("loc", ()) if part != "body"]
+    if first.get("type") == "json_invalid":
+        return f"The request body is not valid JSON: {first.get('ctx', {}).get('error', first.get('msg'))}", None
+    field = ".".join(loc) or None
+    if field is None:
+        return f"Invalid request body: {first.get('msg')}", None
+    if first.get("type") == "missing":
+        return f"Missing required parameter: '{field}'", field
+    return f"Invalid value for '{field}': {first.get('msg')}", field
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(errors.SwitchboardError)
+    async def _switchboard(_: Request, exc: errors.SwitchboardError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, field = _validation_message(exc)
+        return JSONResponse(envelope(message, "invalid_request_error", param=field, code="invalid_value"), 400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
+        return JSONResponse(envelope(str(exc.detail), type_), exc.status_code)

@@ -1,0 +1,76 @@
+"""Running the HTTP server on an asyncio loop: socket bound by us, uvicorn awaited on the running loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+
+import uvicorn
+
+from app.core.config import Config
+from app.core.engine import Engine
+from app.server.api import create_app
+from app.server.guard import is_loopback
+
+
+class StartupError(Exception):
+    pass
+
+
+def check_exposure(config: Config) -> None:
+    """Refuse to listen beyond this machine without an API key."""
+    if not is_loopback(config.host) and not config.api_key:
+        raise StartupError(
+            f"Refusing to listen on {config.host} without an API key: pass --api-key or set SWITCHBOARD_API_KEY"
+        )
+
+
+def bind(config: Config) -> socket.socket:
+    """Bind here, not in uvicorn: a bind failure inside uvicorn calls sys.exit.
+
+    socket.create_server gives a TCP socket with its protocol set, so asyncio enables TCP_NODELAY on accepted
+    connections (a bare socket.socket() would make keep-alive responses stall on Nagle's algorithm).
+    """
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    try:
+        return socket.create_server((config.host, config.port), family=family, backlog=256)
+    except OSError as exc:
+        raise StartupError(f"Cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from exc
+
+
+def make_server(engine: Engine) -> uvicorn.Server:
+    """A uvicorn server that leaves signals to its host (the CLI or the Qt app) and never takes over logging."""
+    app = create_app(engine)
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+    )
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+    return server
+
+
+async def serve(config: Config, *, announce: bool = True) -> None:
+    check_exposure(config)
+    sock = bind(config)
+    engine = Engine(config)
+    try:
+        await engine.start()
+        server = make_server(engine)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
+        if announce:
+            host = f"[{config.host}]" if ":" in config.host else config.host
+            port = sock.getsockname()[1]
+            models = engine.registry.available()
+            print(f"Switchboard {len(models)} model(s), default {engine.registry.default_id or 'none'}", flush=True)
+            print(f"OpenAI-compatible endpoint: http://{host}:{port}/v1", flush=True)
+        await server.serve(sockets=[sock])
+    finally:
+        await engine.close()
+        sock.close()
+
+
+def run(config: Config) -> None:
+    asyncio.run(serve(config))

@@ -1,0 +1,124 @@
+"""Request bodies of the OpenAI-compatible API. Unknown fields are accepted and ignored, as OpenAI's are."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    # Switchboard's extension: capabilities the serving model must have.
+    capabilities: list[str] | None = Field(default=None, max_length=32)
+    user: str | None = None
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: dict[str, Any] | None = None
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class _Sampling(_Body):
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1, le=1)
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 4:
+            raise ValueError("at most 4 stop sequences are allowed")
+        return value
+
+    def sampling(self) -> dict[str, Any]:
+        """The llama.cpp arguments the client set (unset ones keep llama.cpp's defaults)."""
+        names = ("max_tokens", "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
+        params = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        if self.stop is not None:
+            params["stop"] = [self.stop] if isinstance(self.stop, str) else self.stop
+        return params
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+
+    def params(self) -> dict[str, Any]:
+        params = self.sampling()
+        if self.max_completion_tokens is not None and "max_tokens" not in params:
+            params["max_tokens"] = self.max_completion_tokens
+        params["messages"] = [m.model_dump(exclude_none=True) for m in self.messages]
+        if self.response_format is not None and self.response_format.type != "text":
+            params["response_format"] = self.response_format.model_dump(exclude_none=True)
+        if self.tools:
+            params["tools"] = self.tools
+            if self.tool_choice is not None:
+                params["tool_choice"] = self.tool_choice
+        return params
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str]
+    # OpenAI's default for the legacy completions endpoint.
+    max_tokens: int | None = Field(default=16, ge=1)
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, list) and len(value) != 1:
+            raise ValueError("exactly one prompt is supported per request")
+        return value
+
+    def params(self) -> dict[str, Any]:
+        params = self.sampling()
+        params["prompt"] = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+        if self.echo:
+            params["echo"] = True
+        return params
+
+
+class EmbeddingRequest(_Body):
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, value: Any) -> Any:
+        if value == "" or value == []:
+            raise ValueError("input must not be empty")
+        if isinstance(value, list) and len(value) > 2048:
+            raise ValueError("at most 2048 inputs per request")
+        return value
