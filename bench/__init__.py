@@ -1,0 +1,1 @@
+"""Switchboard benchmarks: `python -m bench` runs every bench/bench_*.py module's main()."""
