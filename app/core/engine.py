@@ -6,6 +6,7 @@ The HTTP server and the desktop window both drive an Engine; neither reaches pas
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -62,5 +63,7 @@ class Engine:
         entry = self.registry.resolve(decision.model_id)
         handle = await self.pool.acquire(entry)
         self.registry.record_use(entry.id)
-        async for message in handle.run(op, params):
-            yield message
+        # aclosing: when our caller stops early, the worker hears about it now, not at garbage collection.
+        async with contextlib.aclosing(handle.run(op, params)) as messages:
+            async for message in messages:
+                yield message

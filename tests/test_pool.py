@@ -1,0 +1,157 @@
+"""Model workers and the pool, with real llama.cpp processes on the real default model."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from app.core.config import Config
+from app.core.engine import Engine
+from app.core.errors import InsufficientMemory, ModelUnavailable, WorkerCrashed
+from app.core.registry import Health
+from app.core.router import RouteRequest
+
+pytestmark = pytest.mark.slow
+DEFAULT_ID = "smollm2-135m-instruct:q4_1"
+CHAT = {"messages": [{"role": "system", "content": "You are a helpful assistant."},
+                     {"role": "user", "content": "What is the capital of France?"}],
+        "temperature": 0, "max_tokens": 16}
+# A prompt the model continues for as long as it is allowed to.
+ENDLESS = {"prompt": "1, 2, 3, 4, 5, 6, 7, 8,", "max_tokens": 2000, "temperature": 0}
+
+
+@contextlib.asynccontextmanager
+async def running(**settings) -> AsyncIterator[Engine]:
+    engine = Engine(Config(discovery=False, n_ctx=2048, prompt_cache_bytes=0, **settings))
+    await engine.rescan()
+    try:
+        yield engine
+    finally:
+        await engine.close()
+
+
+async def collect(engine: Engine, model_id: str, op: str, params: dict) -> tuple[str, dict]:
+    decision = engine.route(RouteRequest(op, model_id))
+    text, done = [], {}
+    async for message in engine.run(decision, op, params):
+        if message["type"] == "chunk":
+            choice = message["data"]["choices"][0]
+            text.append(choice.get("text") or choice.get("delta", {}).get("content") or "")
+        else:
+            done = message
+    return "".join(text), done
+
+
+async def wait_for(predicate, timeout: float = 20.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+async def test_concurrent_first_requests_load_the_model_once(sb_home: Path) -> None:
+    async with running() as engine:
+        entry = engine.registry.resolve(DEFAULT_ID)
+        assert entry.health is Health.UNKNOWN
+        handles = await asyncio.gather(*(engine.pool.acquire(entry) for _ in range(4)))
+        assert len({id(h) for h in handles}) == 1
+        assert entry.health is Health.HEALTHY
+        workers = [p for p in psutil.Process().children() if "app.core.worker_process" in " ".join(p.cmdline())]
+        assert [p.pid for p in workers] == [handles[0].pid]
+        # Its memory is its own process's, readable per model.
+        assert handles[0].rss() > 20 * 2**20
+
+
+async def test_requests_queue_on_one_worker(sb_home: Path) -> None:
+    async with running() as engine:
+        results = await asyncio.gather(*(collect(engine, DEFAULT_ID, "chat", CHAT) for _ in range(3)))
+        assert all("Paris" in text for text, _ in results)
+        assert engine.registry.resolve(DEFAULT_ID).use_count == 3
+
+
+async def test_kill_9_mid_stream_gives_an_error_and_the_next_request_is_served(sb_home: Path) -> None:
+    async with running() as engine:
+        decision = engine.route(RouteRequest("completion", DEFAULT_ID))
+        stream = engine.run(decision, "completion", ENDLESS)
+        assert (await anext(stream))["type"] == "chunk"
+        pid = engine.pool.worker(DEFAULT_ID).pid
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(WorkerCrashed, match="signal 9"):
+            async for _ in stream:
+                pass
+        entry = engine.registry.resolve(DEFAULT_ID)
+        assert entry.health is Health.UNHEALTHY and "signal 9" in entry.health_reason
+        text, done = await collect(engine, DEFAULT_ID, "chat", CHAT)
+        assert "Paris" in text and engine.pool.worker(DEFAULT_ID).pid != pid
+        assert entry.health is Health.HEALTHY
+
+
+async def test_closing_a_stream_cancels_its_generation(sb_home: Path) -> None:
+    async with running() as engine:
+        decision = engine.route(RouteRequest("completion", DEFAULT_ID))
+        stream = engine.run(decision, "completion", ENDLESS)
+        for _ in range(3):
+            await anext(stream)
+        handle = engine.pool.worker(DEFAULT_ID)
+        await stream.aclose()
+        await wait_for(lambda: handle.jobs_cancelled == 1)
+        assert handle.in_flight == 0
+        text, _ = await collect(engine, DEFAULT_ID, "chat", CHAT)
+        assert "Paris" in text
+
+
+async def test_idle_models_unload_and_pinned_ones_stay(sb_home: Path) -> None:
+    async with running(idle_ttl_s=0.2) as engine:
+        await collect(engine, DEFAULT_ID, "chat", CHAT)
+        pid = engine.pool.worker(DEFAULT_ID).pid
+        engine.pool.pin(DEFAULT_ID)
+        await asyncio.sleep(0.4)
+        assert await engine.pool.reap_idle() == []
+        engine.pool.pin(DEFAULT_ID, False)
+        assert await engine.pool.reap_idle() == [DEFAULT_ID]
+        assert engine.pool.worker(DEFAULT_ID) is None and not psutil.pid_exists(pid)
+        assert engine.registry.resolve(DEFAULT_ID).health is Health.UNKNOWN
+
+
+async def test_memory_budget_evicts_the_least_recently_used(sb_home: Path, tmp_path: Path, default_model: Path) -> None:
+    folder = tmp_path / "models"
+    folder.mkdir()
+    try:  # a second file (not a symlink: the scan counts one file once)
+        os.link(default_model, folder / "other-135m.Q4_1.gguf")
+    except OSError:
+        shutil.copy(default_model, folder / "other-135m.Q4_1.gguf")
+    engine = Engine(Config(discovery=False, model_dirs=[str(folder)], n_ctx=2048, prompt_cache_bytes=0))
+    await engine.rescan()
+    try:
+        first, second = engine.registry.resolve(DEFAULT_ID), engine.registry.resolve("other-135m:q4_1")
+        engine.pool.budget = int(engine.pool.estimate(first) * 1.5)
+        await collect(engine, first.id, "chat", CHAT)
+        await collect(engine, second.id, "chat", CHAT)
+        assert [m.model_id for m in engine.pool.loaded()] == [second.id]
+        engine.pool.budget = engine.pool.estimate(first) // 2
+        with pytest.raises(InsufficientMemory):
+            await engine.pool.acquire(first)
+    finally:
+        await engine.close()
+
+
+async def test_a_model_that_cannot_load_is_unhealthy_with_the_reason(sb_home: Path, tmp_path: Path) -> None:
+    from app.core.gguf_testing import write_gguf
+
+    folder = tmp_path / "models"
+    write_gguf(folder / "broken-1m.Q8_0.gguf", arch="llama", name="broken")
+    async with running(model_dirs=[str(folder)]) as engine:
+        entry = engine.registry.resolve("broken-1m:q8_0")
+        with pytest.raises(ModelUnavailable, match="failed to load"):
+            await engine.pool.acquire(entry)
+        assert entry.health is Health.UNHEALTHY and "failed to load" in entry.health_reason
+        assert engine.pool.loaded() == []
