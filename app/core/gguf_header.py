@@ -426,13 +426,7 @@ class _Parser:
 
     def string(self, what: str, cap: int) -> str:
         start = self.pos
-        length = self.u64(what)
-        if length > self.size - self.pos:
-            raise GGUFError(
-                f"truncated: {what} at offset {start} claims {length} bytes but {self.size - self.pos} remain"
-            )
-        if length > cap:
-            raise GGUFError(f"{what} at offset {start} is {length} bytes, over the {cap}-byte limit")
+        length = self._string_length(what, cap)
         self.kept += length
         if self.kept > MAX_METADATA_BYTES:
             raise GGUFError(f"metadata larger than {MAX_METADATA_BYTES >> 20} MiB (at offset {start}); not a model header")
@@ -441,6 +435,11 @@ class _Parser:
         return self.r.buf[off : off + length].decode("utf-8", "replace")
 
     def skip_string(self, what: str, cap: int) -> None:
+        length = self._string_length(what, cap)  # moves pos past the prefix: read it before adding
+        self.pos += length
+
+    def _string_length(self, what: str, cap: int) -> int:
+        """Read a string's length prefix and check it against the file and the cap."""
         start = self.pos
         length = self.u64(what)
         if length > self.size - self.pos:
@@ -449,7 +448,7 @@ class _Parser:
             )
         if length > cap:
             raise GGUFError(f"{what} at offset {start} is {length} bytes, over the {cap}-byte limit")
-        self.pos += length
+        return length
 
     # -- values --
 
