@@ -36,6 +36,8 @@ class Config:
     # Extra Host-header names accepted besides loopback names (DNS-rebinding allowlist).
     allowed_hosts: list[str] = field(default_factory=list)
     load_timeout_s: float = 120.0
+    # How often loaded workers and remote backends are checked.
+    health_interval_s: float = 15.0
 
     @classmethod
     def load(cls, path: Path | None = None) -> Config:

@@ -55,3 +55,13 @@ class Forbidden(SwitchboardError):
 
 class PayloadTooLarge(SwitchboardError):
     code = "payload_too_large"
+
+
+class QuotaExceeded(SwitchboardError):
+    """Every model that could serve has used its hourly quota; `retry_after` says when to come back."""
+
+    code = "quota_exceeded"
+
+    def __init__(self, message: str, *, retry_after: float, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.retry_after = retry_after

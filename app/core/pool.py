@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psutil
 
@@ -18,12 +19,24 @@ from app.core.registry import Health, ModelEntry, Registry
 from app.core.store import Store
 from app.core.worker import LoadSpec, WorkerHandle
 
+if TYPE_CHECKING:
+    from app.core.remote import RemoteHandle
+
+    Handle = WorkerHandle | RemoteHandle
+
+
+def worker_key(model_id: str, replica: int = 0) -> str:
+    """Replica 0 is keyed by the model id itself; others as "model_id#N"."""
+    return model_id if replica == 0 else f"{model_id}#{replica}"
+
 
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
     """A read-only view of one worker, for the API and the window."""
 
+    key: str
     model_id: str
+    replica: int
     pid: int | None
     state: str  # "loading" | "loaded"
     estimate_bytes: int
@@ -38,29 +51,32 @@ class ModelPool:
         self._registry = registry
         self._config = config
         self._store = store
-        self._workers: dict[str, WorkerHandle] = {}
+        # Keyed by worker_key(model_id, replica); remote backends are handles without a process.
+        self._workers: dict[str, Handle] = {}
         self._estimates: dict[str, int] = {}
         self._loading: dict[str, asyncio.Task[WorkerHandle]] = {}
         # Evicting and reserving memory for a load must be one step, or two loads could both "fit".
         self._admission = asyncio.Lock()
         self._pinned: set[str] = set(store.get_setting("pinned", []))
         self._reaper: asyncio.Task[None] | None = None
+        self._rss: dict[str, int] = {}
         self.budget = config.memory_budget_bytes or int(psutil.virtual_memory().total * config.memory_budget_fraction)
 
     # -- queries ---------------------------------------------------------------------------
     def loaded(self) -> list[LoadedModel]:
         now = time.monotonic()
         views = [
-            LoadedModel(mid, w.pid, "loaded", self._estimates.get(mid, 0), w.rss(), w.in_flight,
-                        mid in self._pinned, now - w.last_used)
-            for mid, w in self._workers.items()
+            LoadedModel(key, w.model_id, w.replica, w.pid, "loaded", self._estimates.get(key, 0), w.rss(),
+                        w.in_flight, w.model_id in self._pinned, now - w.last_used)
+            for key, w in self._workers.items()
         ]
-        views += [LoadedModel(mid, None, "loading", self._estimates.get(mid, 0), 0, 0, mid in self._pinned, 0.0)
-                  for mid in self._loading]
+        views += [LoadedModel(key, mid, replica, None, "loading", self._estimates.get(key, 0), 0, 0,
+                              mid in self._pinned, 0.0)
+                  for key, (mid, replica) in ((k, _split_key(k)) for k in self._loading)]
         return views
 
-    def worker(self, model_id: str) -> WorkerHandle | None:
-        return self._workers.get(model_id)
+    def worker(self, model_id: str, replica: int = 0) -> Handle | None:
+        return self._workers.get(worker_key(model_id, replica))
 
     def is_pinned(self, model_id: str) -> bool:
         return model_id in self._pinned
@@ -72,36 +88,60 @@ class ModelPool:
     def fits(self, entry: ModelEntry) -> bool:
         return self.estimate(entry) <= self.budget
 
+    def context_of(self, entry: ModelEntry) -> int | None:
+        """The context a request gets on this model: the loaded size for local models, the advertised one remote."""
+        trained = entry.metadata.get("context_length")
+        if entry.is_remote:
+            return trained
+        return memory.context_for(entry.metadata, self._config.n_ctx) if trained else self._config.n_ctx
+
+    def memory_of(self, key: str) -> int:
+        """The worker's resident memory as last sampled (reading it per request would cost a syscall each)."""
+        return self._rss.get(key, 0)
+
+    def sample_memory(self) -> dict[str, int]:
+        self._rss = {key: w.rss() for key, w in self._workers.items()}
+        return self._rss
+
     # -- actions ---------------------------------------------------------------------------
-    async def acquire(self, entry: ModelEntry) -> WorkerHandle:
-        """The running worker for `entry`, loading it first if needed. Concurrent callers share one load."""
-        handle = self._workers.get(entry.id)
+    async def acquire(self, entry: ModelEntry, replica: int = 0) -> Handle:
+        """The running worker for `entry` (replica N), loading it first if needed. Concurrent callers share one load."""
+        key = worker_key(entry.id, replica)
+        handle = self._workers.get(key)
         if handle is not None and handle.alive:
             return handle
         if handle is not None:
-            self._workers.pop(entry.id, None)
-        task = self._loading.get(entry.id)
+            self._workers.pop(key, None)
+        if entry.remote is not None:
+            # A remote backend costs no local memory: nothing to admit or evict.
+            from app.core.remote import RemoteHandle, RemoteSpec
+
+            handle = RemoteHandle(entry.id, RemoteSpec.from_dict(entry.remote))
+            self._workers[key] = handle
+            return handle
+        task = self._loading.get(key)
         if task is None:
-            task = asyncio.create_task(self._load(entry), name=f"load-{entry.id}")
-            self._loading[entry.id] = task
-            task.add_done_callback(lambda _t, mid=entry.id: self._loading.pop(mid, None))
+            task = asyncio.create_task(self._load(entry, replica), name=f"load-{key}")
+            self._loading[key] = task
+            task.add_done_callback(lambda _t, k=key: self._loading.pop(k, None))
         # shield: one impatient client must not cancel a load others wait for.
         return await asyncio.shield(task)
 
-    async def _load(self, entry: ModelEntry) -> WorkerHandle:
+    async def _load(self, entry: ModelEntry, replica: int) -> WorkerHandle:
         if entry.missing:
             raise ModelUnavailable(f"The files of model '{entry.id}' are missing: {entry.path}")
+        key = worker_key(entry.id, replica)
         need = self.estimate(entry)
         async with self._admission:
-            victims = eviction.choose_evictions(self._residents(exclude=entry.id), need, self.budget)
+            victims = eviction.choose_evictions(self._residents(exclude=key), need, self.budget)
             if victims is None:
                 raise InsufficientMemory(
                     f"Model '{entry.id}' needs about {need / 2**20:.0f} MiB; the memory budget is "
                     f"{self.budget / 2**20:.0f} MiB and the models using the rest are busy or pinned"
                 )
             for victim in victims:
-                await self.unload(victim)
-            self._estimates[entry.id] = need
+                await self._stop(victim)
+            self._estimates[key] = need
         self._registry.set_health(entry.id, Health.LOADING)
         spec = LoadSpec(
             model_path=entry.path,
@@ -112,38 +152,47 @@ class ModelPool:
         )
         log_dir = data_dir() / "logs"
         log_dir.mkdir(exist_ok=True)
-        handle = WorkerHandle(entry.id, spec, log_path=log_dir / f"{_safe(entry.id)}.log")
+        handle = WorkerHandle(entry.id, spec, replica=replica, log_path=log_dir / f"{_safe(key)}.log")
         handle.on_exit = self._on_worker_exit
         try:
             await handle.start(self._config.load_timeout_s)
         except ModelUnavailable as exc:
-            self._estimates.pop(entry.id, None)
+            self._estimates.pop(key, None)
             self._registry.set_health(entry.id, Health.UNHEALTHY, exc.message)
             raise
         except BaseException:
-            self._estimates.pop(entry.id, None)
+            self._estimates.pop(key, None)
             await handle.stop()
             raise
-        self._workers[entry.id] = handle
+        self._workers[key] = handle
         self._registry.set_health(entry.id, Health.HEALTHY)
         return handle
 
     def _on_worker_exit(self, handle: WorkerHandle, expected: bool) -> None:
-        if self._workers.get(handle.model_id) is handle:
-            del self._workers[handle.model_id]
-            self._estimates.pop(handle.model_id, None)
+        key = worker_key(handle.model_id, handle.replica)
+        if self._workers.get(key) is handle:
+            del self._workers[key]
+            self._estimates.pop(key, None)
         if not expected:
             self._registry.set_health(handle.model_id, Health.UNHEALTHY, handle.dead_reason)
-        elif handle.model_id not in self._loading:
+        elif not self._has_workers(handle.model_id):
             self._registry.set_health(handle.model_id, Health.UNKNOWN)
 
+    def _has_workers(self, model_id: str) -> bool:
+        return any(_split_key(k)[0] == model_id for k in (*self._workers, *self._loading))
+
     async def unload(self, model_id: str) -> bool:
-        handle = self._workers.pop(model_id, None)
-        self._estimates.pop(model_id, None)
-        if handle is None:
-            return False
-        await handle.stop()
-        return True
+        """Stop every replica of a model. All their memory returns to the system."""
+        keys = [k for k in self._workers if _split_key(k)[0] == model_id]
+        for key in keys:
+            await self._stop(key)
+        return bool(keys)
+
+    async def _stop(self, key: str) -> None:
+        handle = self._workers.pop(key, None)
+        self._estimates.pop(key, None)
+        if handle is not None:
+            await handle.stop()
 
     def pin(self, model_id: str, pinned: bool = True) -> None:
         (self._pinned.add if pinned else self._pinned.discard)(model_id)
@@ -154,15 +203,22 @@ class ModelPool:
         self._reaper = asyncio.create_task(self._reap_forever(interval), name="idle-reaper")
 
     async def reap_idle(self) -> list[str]:
+        """Stop idle workers past the TTL; returns their keys."""
         victims = eviction.expired(self._residents(), time.monotonic(), self._config.idle_ttl_s)
-        for model_id in victims:
-            await self.unload(model_id)
+        for key in victims:
+            await self._stop(key)
         return victims
 
     async def _reap_forever(self, interval: float) -> None:
+        # Memory is sampled every second (routing and the window read the samples); idle models reaped less often.
+        ticks = 0
         while True:
-            await asyncio.sleep(interval)
-            await self.reap_idle()
+            await asyncio.sleep(1.0)
+            self.sample_memory()
+            ticks += 1
+            if ticks >= interval:
+                ticks = 0
+                await self.reap_idle()
 
     async def close(self) -> None:
         if self._reaper is not None:
@@ -171,18 +227,25 @@ class ModelPool:
                 await self._reaper
         for task in list(self._loading.values()):
             task.cancel()
-        await asyncio.gather(*(self.unload(mid) for mid in list(self._workers)), return_exceptions=True)
+        await asyncio.gather(*(self._stop(key) for key in list(self._workers)), return_exceptions=True)
 
     def _residents(self, exclude: str | None = None) -> list[eviction.Resident]:
+        """Local workers as the eviction policy sees them, keyed by worker key (remote ones use no memory)."""
         residents = [
-            eviction.Resident(mid, self._estimates.get(mid, 0), w.last_used, busy=w.busy, pinned=mid in self._pinned)
-            for mid, w in self._workers.items() if mid != exclude
+            eviction.Resident(key, self._estimates.get(key, 0), w.last_used, busy=w.busy,
+                              pinned=w.model_id in self._pinned)
+            for key, w in self._workers.items() if key != exclude and isinstance(w, WorkerHandle)
         ]
         residents += [
-            eviction.Resident(mid, self._estimates.get(mid, 0), time.monotonic(), loading=True)
-            for mid in self._loading if mid != exclude and mid not in self._workers
+            eviction.Resident(key, self._estimates.get(key, 0), time.monotonic(), loading=True)
+            for key in self._loading if key != exclude and key not in self._workers
         ]
         return residents
+
+
+def _split_key(key: str) -> tuple[str, int]:
+    model_id, sep, replica = key.rpartition("#")
+    return (model_id, int(replica)) if sep and replica.isdigit() else (key, 0)
 
 
 def _safe(model_id: str) -> str:

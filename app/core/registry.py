@@ -48,6 +48,20 @@ class ModelEntry:
     last_used: float | None = None
     health: Health = Health.UNKNOWN
     health_reason: str | None = None
+    # Routing options the user sets: weight (weighted-random), fallbacks (tried in order when this model
+    # cannot serve a request that names it), replicas (worker processes).
+    weight: float = 1.0
+    fallbacks: list[str] = field(default_factory=list)
+    replicas: int = 1
+    # For a remote OpenAI-compatible backend: its RemoteSpec as a dict; None for local models.
+    remote: dict[str, Any] | None = None
+
+    @property
+    def is_remote(self) -> bool:
+        return self.remote is not None
+
+    def options(self) -> dict[str, Any]:
+        return {"weight": self.weight, "fallbacks": self.fallbacks, "replicas": self.replicas}
 
     @property
     def capabilities(self) -> list[str]:
@@ -70,6 +84,7 @@ class ModelEntry:
             "display_name": self.display_name,
             "metadata": self.metadata,
             "inferred_capabilities": self.inferred_capabilities,
+            "remote": self.remote,
         }
 
 
@@ -189,7 +204,7 @@ class Registry:
             self._emit("changed", current)
         if complete:
             for model_id, entry in self._entries.items():
-                if model_id not in seen and not entry.missing:
+                if model_id not in seen and not entry.missing and not entry.is_remote:
                     entry.missing = True
                     self._store.set_missing(model_id, True)
                     self._emit("changed", entry)
@@ -227,6 +242,59 @@ class Registry:
         entry.capabilities_override = capabilities
         self._store.set_capabilities(entry.id, capabilities)
         self._emit("changed", entry)
+        return entry
+
+    def set_options(self, name: str, *, weight: float | None = None, fallbacks: list[str] | None = None,
+                    replicas: int | None = None) -> ModelEntry:
+        entry = self.resolve(name)
+        if weight is not None:
+            if not weight >= 0:
+                raise InvalidRequest("weight must be a number >= 0", param="weight")
+            entry.weight = float(weight)
+        if fallbacks is not None:
+            resolved = [self.resolve(f).id for f in fallbacks]
+            if entry.id in resolved:
+                raise InvalidRequest("a model cannot be its own fallback", param="fallbacks")
+            entry.fallbacks = resolved
+        if replicas is not None:
+            if not 1 <= replicas <= 16:
+                raise InvalidRequest("replicas must be between 1 and 16", param="replicas")
+            entry.replicas = replicas
+        self._store.set_options(entry.id, entry.options())
+        self._emit("changed", entry)
+        return entry
+
+    def add_remote(self, model_id: str, remote: dict[str, Any], *, capabilities: list[str],
+                   context_length: int | None = None, display_name: str | None = None) -> ModelEntry:
+        """Register a model served by another OpenAI-compatible server; routed like a local one."""
+        if not _ALIAS_RE.match(model_id) or model_id in RESERVED_NAMES:
+            raise InvalidRequest(f"'{model_id}' is not a valid model id", param="id")
+        existing = self.get(model_id)
+        if existing is not None and not existing.is_remote:
+            raise InvalidRequest(f"'{model_id}' already names a local model", param="id")
+        name, _, tag = model_id.partition(":")
+        entry = ModelEntry(
+            id=model_id, name=name, tag=tag or "remote", source="remote", path=remote["base_url"],
+            paths=[remote["base_url"]], parts=[], projector=None, display_name=display_name or model_id,
+            metadata={"context_length": context_length, "size": 0}, inferred_capabilities=list(capabilities),
+            remote=dict(remote),
+        )
+        if existing is not None:
+            entry.aliases, entry.enabled, entry.use_count, entry.last_used = (
+                existing.aliases, existing.enabled, existing.use_count, existing.last_used)
+        self._entries[model_id] = entry
+        self._store.upsert_model(model_id, entry.discovered(), missing=False)
+        self._emit("added" if existing is None else "changed", entry)
+        return entry
+
+    def remove(self, name: str) -> ModelEntry:
+        """Forget a model (remote backends; local files are only ever marked missing by scans)."""
+        entry = self.resolve(name)
+        for alias in entry.aliases:
+            self._aliases.pop(alias, None)
+        del self._entries[entry.id]
+        self._store.delete_model(entry.id)
+        self._emit("removed", entry)
         return entry
 
     def set_default(self, name: str) -> ModelEntry:
@@ -274,6 +342,10 @@ class Registry:
                 display_name=d["display_name"],
                 metadata=d["metadata"],
                 inferred_capabilities=d["inferred_capabilities"],
+                remote=d.get("remote"),
+                weight=row["options"].get("weight", 1.0),
+                fallbacks=row["options"].get("fallbacks", []),
+                replicas=row["options"].get("replicas", 1),
                 capabilities_override=row["capabilities"],
                 aliases=row["aliases"],
                 enabled=row["enabled"],

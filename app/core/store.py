@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS models (
     capabilities TEXT,
     use_count INTEGER NOT NULL DEFAULT 0,
     last_used REAL,
-    missing INTEGER NOT NULL DEFAULT 0
+    missing INTEGER NOT NULL DEFAULT 0,
+    options TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS settings (
     key TEXT PRIMARY KEY,
@@ -69,7 +70,7 @@ class Store:
     def models(self) -> Iterator[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, discovered, enabled, aliases, capabilities, use_count, last_used, missing FROM models"
+                "SELECT id, discovered, enabled, aliases, capabilities, use_count, last_used, missing, options FROM models"
             ).fetchall()
         for row in rows:
             yield {
@@ -81,6 +82,7 @@ class Store:
                 "use_count": row[5],
                 "last_used": row[6],
                 "missing": bool(row[7]),
+                "options": json.loads(row[8]),
             }
 
     def upsert_model(self, model_id: str, discovered: dict[str, Any], *, missing: bool) -> None:
@@ -90,6 +92,13 @@ class Store:
                 "ON CONFLICT(id) DO UPDATE SET discovered = excluded.discovered, missing = excluded.missing",
                 (model_id, json.dumps(discovered), int(missing)),
             )
+
+    def delete_model(self, model_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM models WHERE id = ?", (model_id,))
+
+    def set_options(self, model_id: str, options: dict[str, Any]) -> None:
+        self._update(model_id, "options", json.dumps(options))
 
     def set_missing(self, model_id: str, missing: bool) -> None:
         self._update(model_id, "missing", int(missing))

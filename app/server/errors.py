@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,6 +21,7 @@ STATUS: tuple[tuple[type[errors.SwitchboardError], int, str], ...] = (
     (errors.ModelNotFound, 404, "invalid_request_error"),
     (errors.CapabilityMissing, 404, "invalid_request_error"),
     (errors.PayloadTooLarge, 413, "invalid_request_error"),
+    (errors.QuotaExceeded, 429, "rate_limit_error"),
     (errors.ModelUnavailable, 503, "server_error"),
     (errors.SwitchboardError, 500, "server_error"),
 )
@@ -38,6 +40,8 @@ def describe(exc: errors.SwitchboardError) -> tuple[int, dict[str, Any]]:
 
 def error_response(exc: errors.SwitchboardError, headers: dict[str, str] | None = None) -> JSONResponse:
     status, body = describe(exc)
+    if isinstance(exc, errors.QuotaExceeded):
+        headers = {**(headers or {}), "retry-after": str(max(1, math.ceil(exc.retry_after)))}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -63,6 +67,11 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(errors.SwitchboardError)
     async def _switchboard(_: Request, exc: errors.SwitchboardError) -> JSONResponse:
         return error_response(exc)
+
+    @app.exception_handler(ValueError)
+    async def _value(_: Request, exc: ValueError) -> JSONResponse:
+        # Core modules reject bad settings with ValueError; at the API that is the client's mistake.
+        return JSONResponse(envelope(str(exc), "invalid_request_error", code="invalid_value"), 400)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
