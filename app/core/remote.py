@@ -252,7 +252,7 @@ class RemoteHandle:
     async def _embeddings(self, params: dict[str, Any]) -> dict[str, Any]:
         body = {**params, "model": self.spec.model, "encoding_format": "float"}
         response = await self._send("POST", self.spec.api_base + "/embeddings", json_body=body)
-        if response.status_code >= 400:
+        if response.status_code >= 300:
             await self._fail(response, "/embeddings")
         try:
             result = json.loads(await response.aread())
@@ -384,7 +384,7 @@ class RemoteHandle:
     async def list_models(self) -> list[str]:
         """The model ids the remote offers (GET /v1/models)."""
         response = await self._send("GET", self.spec.api_base + "/models")
-        if response.status_code >= 400:
+        if response.status_code >= 300:
             await self._fail(response, "/models")
         try:
             body = json.loads(await response.aread())
