@@ -39,9 +39,9 @@ async def running(**settings) -> AsyncIterator[Engine]:
 
 
 async def collect(engine: Engine, model_id: str, op: str, params: dict) -> tuple[str, dict]:
-    decision = engine.route(RouteRequest(op, model_id))
+    job = await engine.open(RouteRequest(op, model_id), op, params)
     text, done = [], {}
-    async for message in engine.run(decision, op, params):
+    async for message in job.stream():
         if message["type"] == "chunk":
             choice = message["data"]["choices"][0]
             text.append(choice.get("text") or choice.get("delta", {}).get("content") or "")
@@ -80,8 +80,8 @@ async def test_requests_queue_on_one_worker(sb_home: Path) -> None:
 
 async def test_kill_9_mid_stream_gives_an_error_and_the_next_request_is_served(sb_home: Path) -> None:
     async with running() as engine:
-        decision = engine.route(RouteRequest("completion", DEFAULT_ID))
-        stream = engine.run(decision, "completion", ENDLESS)
+        job = await engine.open(RouteRequest("completion", DEFAULT_ID), "completion", ENDLESS)
+        stream = job.stream()
         assert (await anext(stream))["type"] == "chunk"
         pid = engine.pool.worker(DEFAULT_ID).pid
         os.kill(pid, signal.SIGKILL)
@@ -97,8 +97,8 @@ async def test_kill_9_mid_stream_gives_an_error_and_the_next_request_is_served(s
 
 async def test_closing_a_stream_cancels_its_generation(sb_home: Path) -> None:
     async with running() as engine:
-        decision = engine.route(RouteRequest("completion", DEFAULT_ID))
-        stream = engine.run(decision, "completion", ENDLESS)
+        job = await engine.open(RouteRequest("completion", DEFAULT_ID), "completion", ENDLESS)
+        stream = job.stream()
         for _ in range(3):
             await anext(stream)
         handle = engine.pool.worker(DEFAULT_ID)

@@ -40,7 +40,7 @@ def test_answers_capital_of_france(client: openai.OpenAI) -> None:
     assert completion.model == DEFAULT_ID
     assert completion.usage.prompt_tokens > 0 and completion.usage.completion_tokens > 0
     assert raw.headers["x-switchboard-model"] == DEFAULT_ID
-    assert "default" in raw.headers["x-switchboard-route"]
+    assert raw.headers["x-switchboard-route"].startswith("least_loaded; ")
     assert len(raw.headers["x-request-id"]) == 32
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import contextlib
 import json
 import struct
@@ -10,33 +11,16 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
-from starlette.middleware.cors import CORSMiddleware
+from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from app import __version__
 from app.core.engine import Engine
 from app.core.errors import ModelNotFound, SwitchboardError
 from app.core.registry import ModelEntry
+from app.core.query import translate
 from app.core.router import RouteRequest, RoutingDecision
 from app.server import errors
-from app.server.guard import Guard
 from app.server.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-
-
-def create_app(engine: Engine) -> FastAPI:
-    config = engine.config
-    app = FastAPI(title="Switchboard", version=__version__, docs_url=None, redoc_url=None)
-    errors.install(app)
-    app.include_router(_routes(engine))
-    if config.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["*"],
-                           allow_headers=["*"], expose_headers=["x-request-id", "x-switchboard-model",
-                                                                "x-switchboard-route"])
-    # Added last, so it runs first: nothing reaches a route without passing it.
-    app.add_middleware(Guard, api_key=config.api_key, bind_host=config.host, allowed_hosts=config.allowed_hosts,
-                       max_body_bytes=config.max_body_bytes)
-    return app
 
 
 def model_object(entry: ModelEntry) -> dict[str, Any]:
@@ -53,7 +37,7 @@ def model_object(entry: ModelEntry) -> dict[str, Any]:
     }
 
 
-def _routes(engine: Engine) -> APIRouter:
+def routes(engine: Engine) -> APIRouter:
     router = APIRouter()
 
     @router.get("/health")
@@ -75,25 +59,25 @@ def _routes(engine: Engine) -> APIRouter:
 
     @router.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
-        decision = engine.route(RouteRequest("chat", body.model, tuple(body.capabilities or ())))
-        return await _generate(engine, request, decision, "chat", body.params(), body.stream, body.include_usage)
+        route = route_request(request, "chat", body)
+        return await _generate(engine, request, route, "chat", body.params(), body.stream, body.include_usage)
 
     @router.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
-        decision = engine.route(RouteRequest("completion", body.model, tuple(body.capabilities or ())))
-        return await _generate(engine, request, decision, "completion", body.params(), body.stream,
+        route = route_request(request, "completion", body)
+        return await _generate(engine, request, route, "completion", body.params(), body.stream,
                                body.include_usage)
 
     @router.post("/v1/embeddings")
-    async def embeddings(body: EmbeddingRequest) -> Response:
-        decision = engine.route(RouteRequest("embeddings", body.model, tuple(body.capabilities or ())))
-        headers = _route_headers(decision)
+    async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+        route = route_request(request, "embeddings", body)
         try:
-            async with contextlib.aclosing(engine.run(decision, "embeddings", {"input": body.input})) as messages:
-                result = [m async for m in messages][-1]["result"]
+            job = await engine.open(route, "embeddings", {"input": body.input})
+            result = [m async for m in job.stream()][-1]["result"]
         except SwitchboardError as exc:
-            return errors.error_response(exc, headers)
-        result["model"] = decision.model_id
+            return errors.error_response(exc)
+        headers = _route_headers(job.decision)
+        result["model"] = job.decision.model_id
         for item in result["data"]:
             if body.dimensions is not None:
                 item["embedding"] = item["embedding"][: body.dimensions]
@@ -105,45 +89,54 @@ def _routes(engine: Engine) -> APIRouter:
     return router
 
 
+def route_request(request: Request, endpoint: str, body: Any) -> RouteRequest:
+    """What the router needs to know about an HTTP request: the model, the inferred needs, who asks."""
+    needs = translate(endpoint, body.model_dump(exclude_none=True))
+    auth = request.headers.get("authorization", "")
+    api_key_id = hashlib.sha256(auth[7:].strip().encode()).hexdigest()[:16] if auth[:7].lower() == "bearer " else None
+    return RouteRequest(endpoint, body.model, tuple(body.capabilities or ()), needs,
+                        session_key=request.headers.get("x-session-id") or body.user, user=body.user,
+                        api_key_id=api_key_id, request_id=request.state.request_id)
+
+
 def _route_headers(decision: RoutingDecision) -> dict[str, str]:
     reason = f"{decision.strategy}; {decision.reason}"
-    return {"x-switchboard-model": decision.model_id,
-            "x-switchboard-route": reason.encode("latin-1", "replace").decode("latin-1")}
+    headers = {"x-switchboard-model": decision.model_id,
+               "x-switchboard-route": reason.encode("latin-1", "replace").decode("latin-1")}
+    if decision.retried_from:
+        headers["x-switchboard-retried-from"] = decision.retried_from
+    return headers
 
 
-async def _generate(engine: Engine, request: Request, decision: RoutingDecision, op: str, params: dict[str, Any],
+async def _generate(engine: Engine, request: Request, route: RouteRequest, op: str, params: dict[str, Any],
                     stream: bool, include_usage: bool) -> Response:
-    headers = _route_headers(decision)
     request_id: str = request.state.request_id
     prefix = "chatcmpl" if op == "chat" else "cmpl"
     response_id = f"{prefix}-{request_id}"
-    messages = engine.run(decision, op, params)
     try:
-        # Wait for the first message: a model that cannot load gets a real HTTP error, not a broken stream.
-        first = await anext(messages)
+        # The first message has arrived when open returns: a model that cannot load gets a real HTTP error
+        # (after one retry on another model), not a broken stream.
+        job = await engine.open(route, op, params)
     except SwitchboardError as exc:
-        await messages.aclose()
-        return errors.error_response(exc, headers)
+        return errors.error_response(exc)
+    headers = _route_headers(job.decision)
+    model_id = job.decision.model_id
     if stream:
-        events = _sse(messages, first, response_id, decision.model_id, include_usage)
+        events = _sse(job.stream(), response_id, model_id, include_usage)
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
+    chunks: list[dict[str, Any]] = []
+    usage = None
     try:
-        async with contextlib.aclosing(messages):
-            chunks, usage = await _collect(first, messages)
+        async with contextlib.aclosing(job.stream()) as messages:  # type: ignore[type-var]
+            async for message in messages:
+                if message["type"] == "chunk":
+                    chunks.append(message["data"])
+                else:
+                    usage = _usage(message.get("usage"))
     except SwitchboardError as exc:
         return errors.error_response(exc, headers)
-    body = _assemble(op, chunks, usage, response_id, decision.model_id)
-    return JSONResponse(body, headers=headers)
-
-
-async def _collect(first: dict[str, Any], messages: AsyncIterator[dict[str, Any]]) -> tuple[list[dict], dict | None]:
-    chunks: list[dict[str, Any]] = []
-    message = first
-    while message["type"] == "chunk":
-        chunks.append(message["data"])
-        message = await anext(messages)
-    return chunks, _usage(message.get("usage"))
+    return JSONResponse(_assemble(op, chunks, usage, response_id, model_id), headers=headers)
 
 
 def _usage(raw: dict[str, int] | None) -> dict[str, Any] | None:
@@ -179,13 +172,13 @@ def _assemble(op: str, chunks: list[dict[str, Any]], usage: dict | None, respons
             "choices": [choice], "usage": usage}
 
 
-async def _sse(messages: AsyncIterator[dict[str, Any]], first: dict[str, Any], response_id: str, model: str,
+async def _sse(messages: AsyncIterator[dict[str, Any]], response_id: str, model: str,
                include_usage: bool) -> AsyncIterator[bytes]:
     """Server-sent events. The last content chunk is held back so it can carry the usage figures."""
     held: dict[str, Any] | None = None
     async with contextlib.aclosing(messages):  # type: ignore[type-var]
         try:
-            message = first
+            message = await anext(messages)
             while message["type"] == "chunk":
                 chunk = message["data"]
                 chunk["id"], chunk["model"] = response_id, model

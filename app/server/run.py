@@ -11,7 +11,7 @@ import uvicorn
 
 from app.core.config import Config
 from app.core.engine import Engine
-from app.server.api import create_app
+from app.server.app import create_app
 from app.server.guard import is_loopback
 
 

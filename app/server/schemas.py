@@ -122,3 +122,75 @@ class EmbeddingRequest(_Body):
         if isinstance(value, list) and len(value) > 2048:
             raise ValueError("at most 2048 inputs per request")
         return value
+
+
+# -- management API ---------------------------------------------------------------------------
+
+class QuotaBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tokens_per_hour: int | None = Field(default=None, ge=1)
+    requests_per_hour: int | None = Field(default=None, ge=1)
+
+
+class ModelPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool | None = None
+    aliases: list[str] | None = Field(default=None, max_length=64)
+    capabilities: list[str] | None = Field(default=None, max_length=64)
+    reset_capabilities: bool = False
+    weight: float | None = Field(default=None, ge=0)
+    quota: QuotaBody | None = None
+    fallbacks: list[str] | None = Field(default=None, max_length=16)
+    replicas: int | None = Field(default=None, ge=1, le=16)
+    default: bool | None = None
+
+
+class PinBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    pinned: bool = True
+
+
+class RemoteBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    base_url: str
+    model: str
+    api_key: str | None = None
+    capabilities: list[str] = Field(default_factory=lambda: ["chat", "completion"])
+    context_length: int | None = Field(default=None, ge=1)
+
+
+class RouterBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ArmBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    model_id: str
+    percent: float
+
+
+class ExperimentBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    arms: list[ArmBody] = Field(min_length=2)
+    metric: str = "ttft_ms"
+    # Start routing "auto" requests through this experiment now.
+    activate: bool = True
+
+
+class FeedbackBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: str
+    score: float

@@ -1,0 +1,28 @@
+"""The ASGI application: OpenAI-compatible routes, management routes, error table and guard."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+
+from app import __version__
+from app.core.engine import Engine
+from app.server import api, errors, manage
+from app.server.guard import Guard
+
+
+def create_app(engine: Engine) -> FastAPI:
+    config = engine.config
+    app = FastAPI(title="Switchboard", version=__version__, docs_url=None, redoc_url=None)
+    errors.install(app)
+    app.include_router(api.routes(engine))
+    app.include_router(manage.routes(engine))
+    app.include_router(manage.public_routes(engine))
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["*"],
+                           allow_headers=["*"], expose_headers=["x-request-id", "x-switchboard-model",
+                                                                "x-switchboard-route"])
+    # Added last, so it runs first: nothing reaches a route without passing it.
+    app.add_middleware(Guard, api_key=config.api_key, bind_host=config.host, allowed_hosts=config.allowed_hosts,
+                       max_body_bytes=config.max_body_bytes)
+    return app
