@@ -40,3 +40,26 @@ def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "sb" / "config" / "config.json").write_text('{"port": 1, "colour": "blue"}')
     result = run(tmp_path, "serve")
     assert result.returncode == 2 and "unknown setting(s) colour" in result.stderr
+
+
+def test_route_explain_without_a_server_uses_the_saved_state(tmp_path: Path) -> None:
+    result = run(tmp_path, "route", "--json", "--url", "http://127.0.0.1:9", "What is the capital of France?")
+    assert result.returncode == 0, result.stderr
+    decision = json.loads(result.stdout)
+    assert decision["model_id"] == "smollm2-135m-instruct:q4_1"
+    assert decision["candidates"][0]["filtered"] is False
+    missing = run(tmp_path, "route", "--url", "http://127.0.0.1:9", "--capability", "vision", "Describe this")
+    assert missing.returncode == 1 and "vision" in missing.stderr
+
+
+def test_route_explain_asks_the_running_server(tmp_path: Path) -> None:
+    from tests.conftest import start_server
+
+    served = start_server(tmp_path)
+    try:
+        result = run(tmp_path, "route", "--explain", "--url", served.base_url, "Hello")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("smollm2-135m-instruct:q4_1  (least_loaded")
+        assert f"server at {served.base_url}" in result.stdout
+    finally:
+        served.stop()

@@ -125,3 +125,19 @@ def test_default_health_and_listeners(db: Path) -> None:
     assert [e.id for e in registry.healthy()] == ["smol:q4_1"]
     assert [e.id for e in registry.available()] == ["smol:q4_1"]
     assert ("health", "base:q4_0") in events and ("added", "smol:q4_1") in events
+
+
+def test_a_database_from_the_first_version_is_migrated(db: Path) -> None:
+    import sqlite3
+
+    old = sqlite3.connect(db)
+    old.executescript("""
+        CREATE TABLE models (id TEXT PRIMARY KEY, discovered TEXT NOT NULL, enabled INTEGER NOT NULL DEFAULT 1,
+            aliases TEXT NOT NULL DEFAULT '[]', capabilities TEXT, use_count INTEGER NOT NULL DEFAULT 0,
+            last_used REAL, missing INTEGER NOT NULL DEFAULT 0);
+    """)
+    old.close()
+    registry = Registry(Store(db))
+    registry.sync([found("smol", "q4_1", "/m/smol.gguf")])
+    registry.set_options("smol:q4_1", weight=2.5)
+    assert Registry(Store(db)).resolve("smol:q4_1").weight == 2.5

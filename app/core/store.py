@@ -39,6 +39,13 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a database written by an older version up to this schema (columns are only ever added)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(models)")}
+        if "options" not in columns:
+            self._db.execute("ALTER TABLE models ADD COLUMN options TEXT NOT NULL DEFAULT '{}'")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement for another core module's own tables; returns the rows changed."""
