@@ -8,6 +8,7 @@ jobs one at a time from its queue, streaming `chunk` messages and ending each jo
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import queue
@@ -18,19 +19,54 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO
 
 import llama_cpp
-from llama_cpp import Llama, LlamaRAMCache
+from llama_cpp import Llama
+
+from app.core.prompt_cache import PromptCache, common_prefix
 
 
 class MeteredLlama(Llama):
-    """Llama that reports, per request, how many prompt tokens came from its cached state."""
+    """Llama that restores cached conversation states and reports how many prompt tokens it reused."""
+
+    prompt_cache: PromptCache | None = None
 
     def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:  # type: ignore[override]
+        tokens = list(tokens)
         stats = self.request_stats = {"prompt_tokens": len(tokens), "first_eval": None, "completion_tokens": 0}
+        self._restore_best(tokens)
         vocab = self._model.vocab
         for token in super().generate(tokens, *args, **kwargs):
             if not llama_cpp.llama_vocab_is_eog(vocab, token):
                 stats["completion_tokens"] += 1
             yield token
+
+    def _restore_best(self, tokens: list[int]) -> None:
+        """Load the cached state that shares more of this prompt than the current one does."""
+        if self.prompt_cache is None:
+            return
+        current = common_prefix(self.input_ids[: self.n_tokens].tolist(), tokens)
+        found = self.prompt_cache.best(tokens)
+        if found is None or found[2] <= current:
+            return
+        key, data, _ = found
+        ctx = self._ctx.ctx
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if llama_cpp.llama_state_seq_set_data(ctx, buffer, len(data), 0) != len(data):
+            self.reset()
+            return
+        self.input_ids[: len(key)] = key
+        self.n_tokens = len(key)
+        self._requires_eval = True
+
+    def save_state_to_cache(self) -> None:
+        """Remember the conversation just served (its KV data only)."""
+        if self.prompt_cache is None or self.n_tokens == 0:
+            return
+        ctx = self._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
+        self.prompt_cache.put(self.input_ids[: self.n_tokens].tolist(), ctypes.string_at(buffer, written))
 
     def eval(self, tokens: Any) -> None:
         stats = getattr(self, "request_stats", None)
@@ -75,7 +111,7 @@ class Worker:
             verbose=False,
         )
         if spec.get("prompt_cache_bytes"):
-            self.llm.set_cache(LlamaRAMCache(capacity_bytes=int(spec["prompt_cache_bytes"])))
+            self.llm.prompt_cache = PromptCache(int(spec["prompt_cache_bytes"]))
 
     def _read_loop(self) -> None:
         try:
@@ -134,6 +170,8 @@ class Worker:
                 break
             self.send({"id": job_id, "type": "chunk", "data": chunk})
         self.send({"id": job_id, "type": "done", "finish_reason": finish_reason, "usage": self.llm.usage()})
+        # After the answer is sent: saving the state is not on the client's time.
+        self.llm.save_state_to_cache()
 
 
 def main(argv: list[str]) -> int:
