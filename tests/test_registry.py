@@ -67,7 +67,8 @@ def test_capabilities_are_inferred_and_editable(db: Path) -> None:
 
 
 def test_edits_and_usage_survive_restart_and_rescan(db: Path) -> None:
-    registry = Registry(Store(db))
+    store = Store(db)
+    registry = Registry(store)
     models = [found("smol", "q4_1", "/m/smol.gguf"), found("qwen", "q8_0", "/m/qwen.gguf")]
     registry.sync(models)
     registry.set_enabled("qwen:q8_0", False)
@@ -76,6 +77,7 @@ def test_edits_and_usage_survive_restart_and_rescan(db: Path) -> None:
     registry.set_default("qwen:q8_0")
     registry.record_use("smol:q4_1", when=1234.5)
     registry.record_use("smol:q4_1", when=2000.0)
+    store.close()  # usage is written in the background; a clean stop flushes it
 
     again = Registry(Store(db))
     again.sync(models)
@@ -141,3 +143,17 @@ def test_a_database_from_the_first_version_is_migrated(db: Path) -> None:
     registry.sync([found("smol", "q4_1", "/m/smol.gguf")])
     registry.set_options("smol:q4_1", weight=2.5)
     assert Registry(Store(db)).resolve("smol:q4_1").weight == 2.5
+
+
+def test_usage_reaches_the_database_without_a_restart(db: Path) -> None:
+    import time
+
+    from app.core.store import FLUSH_INTERVAL_S
+
+    registry = Registry(Store(db))
+    registry.sync([found("smol", "q4_1", "/m/smol.gguf")])
+    registry.record_use("smol:q4_1", when=5.0)
+    time.sleep(FLUSH_INTERVAL_S * 3)  # the background flush, not a read, writes it
+    import sqlite3
+
+    assert sqlite3.connect(db).execute("SELECT use_count FROM models").fetchone() == (1,)

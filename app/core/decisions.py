@@ -104,15 +104,15 @@ class DecisionLog:
             self._remember(row)
             self._appends += 1
             prune = self._appends % self._prune_every == 0
-            # Written under our lock so a `complete` from another thread cannot overtake the INSERT.
-            self._store.execute(
+            # Queued under our lock so a `complete` from another thread cannot overtake the INSERT.
+            self._store.defer(
                 "INSERT INTO decisions (seq, time, request_id, endpoint, model_id, strategy, reason, total_score, "
                 "candidates, retried) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (seq, row["time"], request_id, endpoint, model_id, strategy, reason, row["total_score"],
                  candidates_json, int(retried)),
             )  # fmt: skip
         if prune:
-            self._store.execute("DELETE FROM decisions WHERE seq <= ?", (seq - self.capacity,))
+            self._store.defer("DELETE FROM decisions WHERE seq <= ?", (seq - self.capacity,))
 
     def complete(
         self,
@@ -142,7 +142,7 @@ class DecisionLog:
             if seq is None:
                 return False
             self._rows[seq].update(values)
-            self._store.execute(
+            self._store.defer(
                 f"UPDATE decisions SET {', '.join(f'{k} = ?' for k in values)} WHERE seq = ?",
                 (*values.values(), seq),
             )

@@ -226,7 +226,7 @@ class Experiments:
         tokens_per_s = None
         if outcome.ttft_s is not None and outcome.completion_tokens > 0 and outcome.duration_s > outcome.ttft_s:
             tokens_per_s = outcome.completion_tokens / (outcome.duration_s - outcome.ttft_s)
-        self._store.execute(
+        self._store.defer(
             "INSERT INTO experiment_samples (experiment_id, arm, request_id, time, ok, ttft_s, tokens_per_s, "
             "prompt_tokens, completion_tokens) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (

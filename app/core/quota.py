@@ -169,10 +169,11 @@ class QuotaManager:
             if prune_db:
                 self._pruned_below = oldest
         start = index * self._bucket_s
-        self._store.executemany(_UPSERT, [(scope, start, 1, tokens) for scope in scopes])
+        for scope in scopes:  # written by the store's background flush, off the request path
+            self._store.defer(_UPSERT, (scope, start, 1, tokens))
         if prune_db:
             # At most once per bucket: the table never holds more than a window of buckets per scope.
-            self._store.execute("DELETE FROM quota_usage WHERE start < ?", (self._cutoff(oldest),))
+            self._store.defer("DELETE FROM quota_usage WHERE start < ?", (self._cutoff(oldest),))
 
     def remaining_fraction(self, model_id: str, api_key_id: str | None = None) -> float:
         """0..1: the least that is left of any limit on the model or the key; 1.0 without limits."""

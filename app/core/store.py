@@ -28,18 +28,29 @@ CREATE TABLE IF NOT EXISTS settings (
 """
 
 
+# Deferred writes reach the database within this many seconds (or at the next read, or at close).
+FLUSH_INTERVAL_S = 0.2
+
+
 class Store:
-    """A small write-through store. WAL without per-commit fsync keeps each write well under a millisecond."""
+    """A small SQLite store. User edits are written through; per-request bookkeeping (usage, decisions, quota
+    counts) is deferred and written in batches by a background thread, off the request path.
+    WAL without per-commit fsync keeps each write well under a millisecond."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
         # The server may touch the store from the event loop and from a thread helper; serialise access.
         self._lock = threading.Lock()
+        self._pending: list[tuple[str, Sequence[Any]]] = []
+        self._pending_lock = threading.Lock()
+        self._closed = threading.Event()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._migrate()
+        self._flusher = threading.Thread(target=self._flush_forever, name="store-flush", daemon=True)
+        self._flusher.start()
 
     def _migrate(self) -> None:
         """Bring a database written by an older version up to this schema (columns are only ever added)."""
@@ -47,12 +58,42 @@ class Store:
         if "options" not in columns:
             self._db.execute("ALTER TABLE models ADD COLUMN options TEXT NOT NULL DEFAULT '{}'")
 
+    def defer(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """Queue a write for the background flush; statements keep their order."""
+        with self._pending_lock:
+            self._pending.append((sql, params))
+
+    def flush(self) -> None:
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                for sql, params in pending:
+                    self._db.execute(sql, params)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _flush_forever(self) -> None:
+        while not self._closed.wait(FLUSH_INTERVAL_S):
+            try:
+                self.flush()
+            except sqlite3.Error:
+                # A failed batch is dropped (it is bookkeeping); the store stays usable for the next one.
+                pass
+
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one statement for another core module's own tables; returns the rows changed."""
+        """Run one statement for another core module's own tables now; returns the rows changed."""
+        self.flush()
         with self._lock:
             return self._db.execute(sql, params).rowcount
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        self.flush()
         with self._lock:
             self._db.execute("BEGIN")
             try:
@@ -67,14 +108,18 @@ class Store:
             self._db.executescript(script)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        self.flush()  # read your own deferred writes
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 
     def close(self) -> None:
+        self._closed.set()
+        self.flush()
         with self._lock:
             self._db.close()
 
     def models(self) -> Iterator[dict[str, Any]]:
+        self.flush()
         with self._lock:
             rows = self._db.execute(
                 "SELECT id, discovered, enabled, aliases, capabilities, use_count, last_used, missing, options FROM models"
@@ -120,10 +165,7 @@ class Store:
         self._update(model_id, "capabilities", None if capabilities is None else json.dumps(capabilities))
 
     def record_use(self, model_id: str, use_count: int, last_used: float) -> None:
-        with self._lock:
-            self._db.execute(
-                "UPDATE models SET use_count = ?, last_used = ? WHERE id = ?", (use_count, last_used, model_id)
-            )
+        self.defer("UPDATE models SET use_count = ?, last_used = ? WHERE id = ?", (use_count, last_used, model_id))
 
     def _update(self, model_id: str, column: str, value: Any) -> None:
         # `column` is always one of this class's literals, never user input.
@@ -131,6 +173,7 @@ class Store:
             self._db.execute(f"UPDATE models SET {column} = ? WHERE id = ?", (value, model_id))
 
     def get_setting(self, key: str, default: Any = None) -> Any:
+        self.flush()
         with self._lock:
             row = self._db.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
         return default if row is None else json.loads(row[0])
