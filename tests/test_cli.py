@@ -63,3 +63,17 @@ def test_route_explain_asks_the_running_server(tmp_path: Path) -> None:
         assert f"server at {served.base_url}" in result.stdout
     finally:
         served.stop()
+
+
+def test_listening_socket_is_tcp_so_connections_get_nodelay() -> None:
+    import socket
+
+    from app.core.config import Config
+    from app.server.run import bind
+
+    sock = bind(Config(port=0))
+    try:
+        # asyncio sets TCP_NODELAY on accepted connections only for sockets whose proto is TCP.
+        assert sock.proto == socket.IPPROTO_TCP
+    finally:
+        sock.close()
