@@ -82,7 +82,8 @@ async def _replay(strategy: str, setup: str, home: Path, default_model: Path) ->
         for turn in range(TURNS):
             messages.append({"role": "user", "content": _conversation_turn(index, turn)})
             body = {"messages": messages, "max_tokens": MAX_TOKENS, "temperature": 0}
-            request = RouteRequest("chat", named, (), translate("chat", body), session_key=f"conv-{index}")
+            request = RouteRequest("chat", named, (), translate("chat", body), session_key=f"conv-{index}",
+                                   request_id=f"conv-{index}-turn-{turn}")
             started = time.perf_counter()
             job = await engine.open(request, "chat", {**body, "messages": list(messages)})
             first_at = None

@@ -45,6 +45,7 @@ class Engine:
         self.health = HealthBook(BreakerConfig())
         self.stats = TargetStats()
         self.router = RequestRouter(self.registry, self.pool, self.quota, self.health, self.stats, self.store)
+        self.pool.on_worker_gone = self.router.forget
         self.experiments = Experiments(self.store)
         self.decisions = DecisionLog(self.store)
         self.metrics = Metrics(self._snapshot)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -60,6 +61,8 @@ class ModelPool:
         self._pinned: set[str] = set(store.get_setting("pinned", []))
         self._reaper: asyncio.Task[None] | None = None
         self._rss: dict[str, int] = {}
+        # Told the worker key whenever a worker process ends (its caches, and what routing knew of them, are gone).
+        self.on_worker_gone: Callable[[str], None] | None = None
         self.budget = config.memory_budget_bytes or int(psutil.virtual_memory().total * config.memory_budget_fraction)
 
     # -- queries ---------------------------------------------------------------------------
@@ -170,6 +173,8 @@ class ModelPool:
 
     def _on_worker_exit(self, handle: WorkerHandle, expected: bool) -> None:
         key = worker_key(handle.model_id, handle.replica)
+        if self.on_worker_gone is not None:
+            self.on_worker_gone(key)
         if self._workers.get(key) is handle:
             del self._workers[key]
             self._estimates.pop(key, None)

@@ -283,6 +283,12 @@ class RequestRouter:
                             InsufficientMemory(f"The model '{entry.id}' needs about {need:.0f} MiB; the memory "
                                                f"budget is {self._pool.budget / 2**20:.0f} MiB"))
 
+    def forget(self, key: str) -> None:
+        """A worker ended: drop what the strategy believed it held (its prompt-cache prediction)."""
+        forget = getattr(self._strategy, "forget", None)
+        if forget is not None:
+            forget(key)
+
     # -- feedback from requests -------------------------------------------------------------------
     def started(self, decision: RoutingDecision) -> None:
         if decision.target is not None and decision.context is not None:
