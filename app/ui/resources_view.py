@@ -1,0 +1,15 @@
+"""ResourcesPanel: work in progress."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+
+
+class ResourcesPanel(QWidget):
+    def __init__(self, engine: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.engine = engine
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("ResourcesPanel"))
