@@ -1,10 +1,152 @@
-"""ServerPanel: work in progress."""
+"""The server panel: start/stop, where it listens and who may call it, the endpoint URL, and the request log.
+
+Settings are the engine's Config (the same `config.json` the headless server reads): editing them saves the
+config and restarts the running server through the ServerController. The request log adapts the core's
+DecisionLog; a 1 s timer reads it while the panel is visible and touches the view only for rows that changed.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt, QTimer
+from PySide6.QtGui import QGuiApplication, QShowEvent
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSpinBox,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.server.guard import is_loopback
+
+LOG_ROWS = 200
+LOG_INTERVAL_MS = 1000
+
+_Index = QModelIndex | QPersistentModelIndex
+
+
+class RequestLogModel(QAbstractTableModel):
+    """Rows of DecisionLog.recent(), newest first. `set_rows` inserts, removes and updates only what changed."""
+
+    COLUMNS = ("Time", "Model", "Strategy", "Reason", "Tokens", "Latency", "Status")
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self._rows: list[dict[str, Any]] = []
+
+    # -- Qt model ------------------------------------------------------------------------------
+    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008 - Qt's signature
+        return 0 if parent.isValid() else len(self._rows)
+
+    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
+        return 0 if parent.isValid() else len(self.COLUMNS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal \
+                and 0 <= section < len(self.COLUMNS):
+            return self.COLUMNS[section]
+        return None
+
+    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid() or not 0 <= index.row() < len(self._rows):
+            return None
+        row, column = self._rows[index.row()], index.column()
+        if role == Qt.ItemDataRole.DisplayRole:
+            return _cell(row, column)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return _tooltip(row, column)
+        if role == Qt.ItemDataRole.TextAlignmentRole and column in (4, 5, 6):
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        return None
+
+    # -- updates -------------------------------------------------------------------------------
+    def row(self, index: int) -> dict[str, Any]:
+        return self._rows[index]
+
+    def set_rows(self, rows: Sequence[dict[str, Any]]) -> bool:
+        """Show `rows` (newest first, by `seq`); False when nothing changed, and then nothing is emitted."""
+        rows = list(rows)
+        old = [r["seq"] for r in self._rows]
+        new = [r["seq"] for r in rows]
+        newest = old[0] if old else None
+        added = sum(1 for s in new if newest is None or s > newest)
+        kept = new[added:]
+        if old[:len(kept)] != kept:  # not "newer on top, older dropped at the bottom": start over
+            self.beginResetModel()
+            self._rows = rows
+            self.endResetModel()
+            return True
+        changed = False
+        if len(old) > len(kept):
+            self.beginRemoveRows(QModelIndex(), len(kept), len(old) - 1)
+            del self._rows[len(kept):]
+            self.endRemoveRows()
+            changed = True
+        if added:
+            self.beginInsertRows(QModelIndex(), 0, added - 1)
+            self._rows[:0] = rows[:added]
+            self.endInsertRows()
+            changed = True
+        for i in range(added, len(rows)):
+            if rows[i] != self._rows[i]:  # a request finished: its tokens, latency and status arrived
+                self._rows[i] = rows[i]
+                self.dataChanged.emit(self.index(i, 0), self.index(i, len(self.COLUMNS) - 1))
+                changed = True
+        return changed
+
+
+def _cell(row: dict[str, Any], column: int) -> str:
+    if column == 0:
+        return time.strftime("%H:%M:%S", time.localtime(row["time"]))
+    if column == 1:
+        return row["model_id"] + (" (retry)" if row.get("retried") else "")
+    if column == 2:
+        return str(row["strategy"])
+    if column == 3:
+        return str(row["reason"])
+    done = row.get("status") is not None
+    if column == 4:
+        if not done:
+            return "…"
+        return f"{row.get('prompt_tokens') or 0} in / {row.get('completion_tokens') or 0} out"
+    if column == 5:
+        if not done or row.get("duration_ms") is None:
+            return "running…" if not done else "—"
+        return _ms(row["duration_ms"])
+    if column == 6:
+        return "…" if not done else str(row["status"])
+    return ""
+
+
+def _tooltip(row: dict[str, Any], column: int) -> str | None:
+    if column == 3:
+        return str(row["reason"])
+    if column == 4 and row.get("cached_tokens"):
+        return f"{row['cached_tokens']} prompt tokens reused from the worker's cache"
+    if column == 5 and row.get("ttft_ms") is not None:
+        return f"first token after {_ms(row['ttft_ms'])}, done after {_ms(row.get('duration_ms') or 0)}"
+    if column == 6 and row.get("error"):
+        return str(row["error"])
+    if column == 1:
+        return f"request {row['request_id']} ({row['endpoint']})"
+    return None
+
+
+def _ms(value: float) -> str:
+    return f"{value:.0f} ms" if value < 1000 else f"{value / 1000:.2f} s"
 
 
 class ServerPanel(QWidget):
@@ -12,5 +154,215 @@ class ServerPanel(QWidget):
         super().__init__(parent)
         self.engine = engine
         self.controller = controller
+        self._tasks: set[asyncio.Task[Any]] = set()  # strong references while they run
         layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("Server"))
+
+        # -- state and endpoint ----------------------------------------------------------------
+        state_box = QGroupBox("Server")
+        state_layout = QVBoxLayout(state_box)
+        row = QHBoxLayout()
+        self.state_label = QLabel()
+        self.start_button = QPushButton("Start")
+        self.stop_button = QPushButton("Stop")
+        self.start_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        row.addWidget(self.state_label, 1)
+        row.addWidget(self.start_button)
+        row.addWidget(self.stop_button)
+        state_layout.addLayout(row)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Endpoint:"))
+        self.url_field = QLineEdit()
+        self.url_field.setReadOnly(True)
+        self.copy_button = QPushButton("Copy")
+        self.copy_button.setToolTip("Copy the OpenAI-compatible base URL")
+        self.copy_button.clicked.connect(self.copy_url)
+        row.addWidget(self.url_field, 1)
+        row.addWidget(self.copy_button)
+        state_layout.addLayout(row)
+        self.error_label = QLabel()
+        self.error_label.setWordWrap(True)
+        self.error_label.setStyleSheet("color: #c0392b;")
+        self.error_label.hide()
+        state_layout.addWidget(self.error_label)
+        layout.addWidget(state_box)
+
+        # -- settings ----------------------------------------------------------------------------
+        settings_box = QGroupBox("Settings")
+        form = QFormLayout(settings_box)
+        self.host_field = QLineEdit()
+        self.port_field = QSpinBox()
+        self.port_field.setRange(1, 65535)
+        self.key_field = QLineEdit()
+        self.key_field.setEchoMode(QLineEdit.EchoMode.Password)
+        self.key_field.setPlaceholderText("none: only this machine may call the server")
+        self.show_key = QCheckBox("Show")
+        self.show_key.toggled.connect(lambda on: self.key_field.setEchoMode(
+            QLineEdit.EchoMode.Normal if on else QLineEdit.EchoMode.Password))
+        key_row = QHBoxLayout()
+        key_row.addWidget(self.key_field, 1)
+        key_row.addWidget(self.show_key)
+        self.cors_field = QLineEdit()
+        self.cors_field.setPlaceholderText("comma-separated, e.g. http://localhost:3000 (empty: no CORS headers)")
+        form.addRow("Host", self.host_field)
+        form.addRow("Port", self.port_field)
+        form.addRow("API key", key_row)
+        form.addRow("CORS origins", self.cors_field)
+        buttons = QHBoxLayout()
+        self.apply_button = QPushButton("Save and restart")
+        self.apply_button.clicked.connect(self.apply_settings)
+        self.revert_button = QPushButton("Revert")
+        self.revert_button.clicked.connect(self.load_settings)
+        buttons.addStretch(1)
+        buttons.addWidget(self.revert_button)
+        buttons.addWidget(self.apply_button)
+        form.addRow(buttons)
+        self.settings_message = QLabel()
+        self.settings_message.setWordWrap(True)
+        form.addRow(self.settings_message)
+        for field in (self.host_field, self.key_field, self.cors_field):
+            field.textChanged.connect(self._settings_edited)
+        self.port_field.valueChanged.connect(self._settings_edited)
+        layout.addWidget(settings_box)
+
+        # -- request log -------------------------------------------------------------------------
+        log_box = QGroupBox("Requests")
+        log_layout = QVBoxLayout(log_box)
+        self.log_model = RequestLogModel(self)
+        self.log_view = QTableView()
+        self.log_view.setModel(self.log_model)
+        self.log_view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.log_view.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.log_view.verticalHeader().hide()
+        self.log_view.setWordWrap(False)
+        header = self.log_view.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+        log_layout.addWidget(self.log_view)
+        layout.addWidget(log_box, 1)
+
+        self.log_timer = QTimer(self)
+        self.log_timer.setObjectName("request-log-refresh")
+        self.log_timer.setInterval(LOG_INTERVAL_MS)
+        self.log_timer.timeout.connect(self._tick)
+        self.log_timer.start()
+
+        controller.state_changed.connect(self._on_state)
+        self.load_settings()
+        self._on_state(bool(controller.running), controller.url or "", "")
+        self.refresh_log()
+
+    # -- server state --------------------------------------------------------------------------
+    def _on_state(self, running: bool, url: str, error: str) -> None:
+        self.start_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        config = self.engine.config
+        if running:
+            self.state_label.setText("Running")
+            self.url_field.setText(url)
+        else:
+            self.state_label.setText("Stopped")
+            self.url_field.setText(_endpoint(config.host, config.port))
+        self.url_field.setToolTip("" if running else "where the server will listen once started")
+        self.error_label.setText(error)
+        self.error_label.setVisible(bool(error))
+
+    @property
+    def url(self) -> str:
+        return self.url_field.text()
+
+    def copy_url(self) -> None:
+        QGuiApplication.clipboard().setText(self.url)
+
+    def start(self) -> None:
+        self._spawn(self.controller.start())
+
+    def stop(self) -> None:
+        self._spawn(self.controller.stop())
+
+    # -- settings ------------------------------------------------------------------------------
+    def load_settings(self) -> None:
+        config = self.engine.config
+        self.host_field.setText(config.host)
+        self.port_field.blockSignals(True)
+        self.port_field.setValue(int(config.port))
+        self.port_field.blockSignals(False)
+        self.key_field.setText(config.api_key or "")
+        self.cors_field.setText(", ".join(config.cors_origins))
+        self.settings_message.setText("")
+        self.apply_button.setEnabled(False)
+        self.revert_button.setEnabled(False)
+
+    def _settings_edited(self) -> None:
+        self.apply_button.setEnabled(True)
+        self.revert_button.setEnabled(True)
+        self.settings_message.setText("")
+
+    def apply_settings(self) -> None:
+        """Validate, write the engine's Config and config.json, and restart a running server with them."""
+        host = self.host_field.text().strip()
+        key = self.key_field.text().strip() or None
+        origins = [o.strip() for o in self.cors_field.text().split(",") if o.strip()]
+        if not host:
+            self._settings_problem("The host cannot be empty (127.0.0.1 keeps the server on this machine).")
+            return
+        if not is_loopback(host) and not key:
+            self._settings_problem(f"Listening on {host} makes the server reachable from other machines: "
+                                   "set an API key first.")
+            return
+        bad = [o for o in origins if o != "*" and not o.startswith(("http://", "https://"))]
+        if bad:
+            self._settings_problem(f"CORS origins look like http://host:port (not {', '.join(bad)}).")
+            return
+        config = self.engine.config
+        config.host, config.port, config.api_key, config.cors_origins = host, self.port_field.value(), key, origins
+        try:
+            config.save()
+        except OSError as exc:
+            self._settings_problem(f"Could not save the settings: {exc}")
+            return
+        self.load_settings()
+        if self.controller.running:
+            self.settings_message.setText("Saved; restarting the server…")
+            self._spawn(self.controller.restart())
+        else:
+            self.settings_message.setText("Saved; the server uses them when it starts.")
+            self._on_state(False, "", "")
+
+    def _settings_problem(self, text: str) -> None:
+        self.settings_message.setText(f'<span style="color:#c0392b">{text}</span>')
+
+    # -- request log ---------------------------------------------------------------------------
+    def _tick(self) -> None:
+        if self.isVisible():
+            self.refresh_log()
+
+    def showEvent(self, event: QShowEvent) -> None:
+        super().showEvent(event)
+        self.refresh_log()
+
+    def refresh_log(self) -> bool:
+        """Read the decision log; the view hears only of rows that changed. True when any did."""
+        return self.log_model.set_rows(self.engine.decisions.recent(LOG_ROWS))
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Run a controller coroutine on the running (qasync) loop, keeping the task referenced until done."""
+        try:
+            task = asyncio.get_running_loop().create_task(coro)
+        except RuntimeError:
+            coro.close()
+            self._on_state(bool(self.controller.running), self.controller.url or "", "No event loop is running")
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            self._on_state(bool(self.controller.running), self.controller.url or "", str(task.exception()))
+
+
+def _endpoint(host: str, port: int) -> str:
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/v1"
