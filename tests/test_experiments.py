@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +10,6 @@ import pytest
 from app.core.experiments import Arm, Experiment, Experiments
 from app.core.store import Store
 from app.core.strategies.base import Outcome
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store(tmp_path / "sb.db")
-    yield s
-    s.close()
 
 
 @pytest.fixture

@@ -23,6 +23,9 @@ class Health(str, Enum):
     UNHEALTHY = "unhealthy"
 
 
+# The fields a scan (or the user, for a remote backend) determines; persisted as one JSON document.
+_DISCOVERED = ("name", "tag", "source", "path", "paths", "parts", "projector", "display_name", "metadata",
+               "inferred_capabilities", "remote")
 _ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 RESERVED_NAMES = frozenset({"auto"})
 
@@ -73,19 +76,7 @@ class ModelEntry:
 
     def discovered(self) -> dict[str, Any]:
         """What a scan determines (persisted so missing models keep their description)."""
-        return {
-            "name": self.name,
-            "tag": self.tag,
-            "source": self.source,
-            "path": self.path,
-            "paths": self.paths,
-            "parts": self.parts,
-            "projector": self.projector,
-            "display_name": self.display_name,
-            "metadata": self.metadata,
-            "inferred_capabilities": self.inferred_capabilities,
-            "remote": self.remote,
-        }
+        return {name: getattr(self, name) for name in _DISCOVERED}
 
 
 def entry_from_found(found: FoundModel) -> ModelEntry:
@@ -196,8 +187,7 @@ class Registry:
                 self._store.upsert_model(model_id, fresh.discovered(), missing=False)
                 self._emit("added", fresh)
                 continue
-            for name in ("name", "tag", "source", "path", "paths", "parts", "projector", "display_name",
-                         "metadata", "inferred_capabilities"):
+            for name in _DISCOVERED:
                 setattr(current, name, getattr(fresh, name))
             current.missing = False
             self._store.upsert_model(model_id, current.discovered(), missing=False)
@@ -329,20 +319,10 @@ class Registry:
 
     def _load(self) -> None:
         for row in self._store.models():
-            d = row["discovered"]
+            discovered = row["discovered"]
             entry = ModelEntry(
                 id=row["id"],
-                name=d["name"],
-                tag=d["tag"],
-                source=d["source"],
-                path=d["path"],
-                paths=d["paths"],
-                parts=d["parts"],
-                projector=d["projector"],
-                display_name=d["display_name"],
-                metadata=d["metadata"],
-                inferred_capabilities=d["inferred_capabilities"],
-                remote=d.get("remote"),
+                **{name: discovered.get(name) for name in _DISCOVERED},
                 weight=row["options"].get("weight", 1.0),
                 fallbacks=row["options"].get("fallbacks", []),
                 replicas=row["options"].get("replicas", 1),
