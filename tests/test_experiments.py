@@ -28,8 +28,8 @@ def ok(ttft_s: float, *, duration_s: float = 1.0, completion: int = 10, prompt: 
 @pytest.mark.parametrize(
     ("arms", "metric", "message"),
     [
-        ([Arm("a", "m", 100)], "ttft_ms", "at least 2 arms"),
-        ([Arm("a", "m", 50), Arm("a", "n", 50)], "ttft_ms", "unique"),
+        ([Arm("a", "m", 100)], "ttft_ms", "at least 2"),
+        ([Arm("a", "m", 50), Arm("a", "n", 50)], "ttft_ms", "used twice"),
         ([Arm("a", "m", 100), Arm("b", "n", 0)], "ttft_ms", "> 0"),
         ([Arm("a", "m", 60), Arm("b", "n", 30)], "ttft_ms", "sum to 100"),
         ([Arm("a", "", 50), Arm("b", "n", 50)], "ttft_ms", "model_id"),

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from app.core.store import Store
+from app.core.strategies.ab_test import Arm, parse_arms
 from app.core.strategies.base import Outcome
 
 # metric -> True when higher is better
@@ -58,13 +59,6 @@ CREATE INDEX IF NOT EXISTS experiment_samples_by_request ON experiment_samples (
 
 
 @dataclass(slots=True)
-class Arm:
-    name: str
-    model_id: str
-    percent: float
-
-
-@dataclass(slots=True)
 class Experiment:
     id: str
     name: str
@@ -81,29 +75,6 @@ def _validate_name(name: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise ValueError("experiment name must be a non-empty string")
     return name.strip()
-
-
-def _validate_arms(arms: Sequence[Arm]) -> list[Arm]:
-    arms = list(arms)
-    if len(arms) < 2:
-        raise ValueError(f"an experiment needs at least 2 arms (got {len(arms)})")
-    seen: set[str] = set()
-    for arm in arms:
-        if not isinstance(arm.name, str) or not arm.name:
-            raise ValueError("every arm needs a non-empty name")
-        if arm.name in seen:
-            raise ValueError(f"arm names must be unique ({arm.name!r} appears twice)")
-        seen.add(arm.name)
-        if not isinstance(arm.model_id, str) or not arm.model_id:
-            raise ValueError(f"arm {arm.name!r} needs a model_id")
-        if isinstance(arm.percent, bool) or not isinstance(arm.percent, (int, float)):
-            raise ValueError(f"arm {arm.name!r}: percent must be a number")
-        if not math.isfinite(arm.percent) or arm.percent <= 0:
-            raise ValueError(f"arm {arm.name!r}: percent must be > 0 (got {arm.percent!r})")
-    total = math.fsum(arm.percent for arm in arms)
-    if abs(total - 100.0) > 1e-6:
-        raise ValueError(f"arm percents must sum to 100 (got {total:g})")
-    return [Arm(a.name, a.model_id, float(a.percent)) for a in arms]
 
 
 def _validate_metric(metric: str) -> str:
@@ -169,7 +140,7 @@ class Experiments:
         experiment = Experiment(
             id=uuid.uuid4().hex[:16],
             name=_validate_name(name),
-            arms=_validate_arms(arms),
+            arms=list(parse_arms(arms)),
             metric=_validate_metric(metric),
             created=self._clock(),
         )
@@ -198,7 +169,7 @@ class Experiments:
         current = self._require(experiment_id)
         updated = replace(
             current,
-            arms=current.arms if arms is None else _validate_arms(arms),
+            arms=current.arms if arms is None else list(parse_arms(arms)),
             active=current.active if active is None else bool(active),
             name=current.name if name is None else _validate_name(name),
         )
