@@ -76,7 +76,7 @@ def test_crud_persists(tmp_path: Path) -> None:
 
 def test_get_returns_a_copy(exps: Experiments) -> None:
     made = exps.create("x", two_arms())
-    made.arms[0].percent = 99
+    made.arms[0] = Arm("changed", "m", 99)  # arms themselves are immutable; the list is the caller's copy
     assert exps.get(made.id).arms[0].percent == 50  # type: ignore[union-attr]
 
 
