@@ -837,7 +837,7 @@ class RoutingPanel(QWidget):
         self.tabs = QTabWidget()
         layout.addWidget(self.tabs)
         self.tabs.addTab(self._strategy_tab(), "Strategy")
-        self.tabs.addTab(self._experiment_tab(), "A/B experiments")
+        self.tabs.addTab(_scrolling(self._experiment_tab()), "A/B experiments")
         self.tabs.addTab(self._try_tab(), "Try a request")
         self.tabs.currentChanged.connect(lambda _: self._tick())
 
@@ -1199,6 +1199,15 @@ class RoutingPanel(QWidget):
     @property
     def models(self) -> list[str]:
         return list(self._models)
+
+
+def _scrolling(widget: QWidget) -> QScrollArea:
+    """`widget` in a frameless scroll area, so a tall form does not force a tall window."""
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+    scroll.setWidget(widget)
+    return scroll
 
 
 def _escape(text: str) -> str:

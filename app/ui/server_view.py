@@ -236,8 +236,9 @@ class ServerPanel(QWidget):
         self.log_view.verticalHeader().hide()
         self.log_view.setWordWrap(False)
         header = self.log_view.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setSectionResizeMode(3, QHeaderView.ResizeMode.Stretch)
+        self._fitted = 0  # rows the columns were last fitted to
         log_layout.addWidget(self.log_view)
         layout.addWidget(log_box, 1)
 
@@ -343,7 +344,15 @@ class ServerPanel(QWidget):
 
     def refresh_log(self) -> bool:
         """Read the decision log; the view hears only of rows that changed. True when any did."""
-        return self.log_model.set_rows(self.engine.decisions.recent(LOG_ROWS))
+        changed = self.log_model.set_rows(self.engine.decisions.recent(LOG_ROWS))
+        if changed and self._fitted < min(self.log_model.rowCount(), 20):
+            # Fit the columns to the first rows once (ResizeToContents would ignore rows inserted later and
+            # measure every row); afterwards the user's widths stay.
+            for column in range(self.log_model.columnCount()):
+                if column != 3:
+                    self.log_view.resizeColumnToContents(column)
+            self._fitted = self.log_model.rowCount()
+        return changed
 
     # -- helpers -------------------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
