@@ -1,7 +1,7 @@
 """Cache-aware vs round-robin vs least-loaded on a replay of multi-turn chats, with real llama.cpp workers.
 
 16 conversations x 6 turns share one system prompt and run concurrently (each conversation waits for its
-previous answer, as a chat user does). Each worker's prompt cache has room for about half of the conversations
+previous answer, as a chat user does). Each worker's prompt cache has room for about 10 of the 16 conversations
 (PROMPT_CACHE_BYTES), as a worker of a larger model would. Each strategy gets a fresh engine whose workers are loaded before the
 replay starts, over two set-ups: 2 replicas of one model, and 3 models (copies of the default model under
 other names). Reported per strategy: prompt-token reuse (tokens the workers took from their caches / prompt
@@ -26,10 +26,10 @@ from typing import Any
 
 CONVERSATIONS = int(os.environ.get("SWITCHBOARD_BENCH_CONVERSATIONS", "16"))
 TURNS = int(os.environ.get("SWITCHBOARD_BENCH_TURNS", "6"))
-MAX_TOKENS = 32
-# Each worker's prompt cache holds about 8 of these conversations at full length (half of them): models
+MAX_TOKENS = 16
+# Each worker's prompt cache holds about 10 of these 16 conversations at full length: models
 # larger than the embedded one need ~100x more KV memory per token, so a real worker cannot keep them all.
-PROMPT_CACHE_BYTES = 40 * 2**20
+PROMPT_CACHE_BYTES = 64 * 2**20
 STRATEGIES = ("cache_aware", "round_robin", "least_loaded")
 RESULTS = Path(__file__).resolve().parent / "results"
 SYSTEM = "You are a helpful travel assistant for a small agency. Answer concretely and kindly."
