@@ -100,3 +100,19 @@ def test_client_disconnect_cancels_generation(tmp_path: Path) -> None:
         assert response.status_code == 200
     finally:
         served.stop()
+
+
+def test_client_disconnect_cancels_a_non_streamed_generation(tmp_path: Path) -> None:
+    served = start_server(tmp_path)
+    try:
+        body = {"model": "auto", "prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 3000, "temperature": 0}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{served.base_url}/v1/completions", json=body, timeout=2)
+        # Had the worker gone on, this would wait behind ~3000 tokens (tens of seconds on this machine).
+        response = httpx.post(f"{served.base_url}/v1/completions", timeout=20,
+                              json={"model": "auto", "prompt": "Hello", "max_tokens": 2})
+        assert response.status_code == 200
+        decisions = httpx.get(f"{served.base_url}/api/decisions").json()["data"]
+        assert [d["status"] for d in decisions[:2]] == [200, 499]
+    finally:
+        served.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import contextlib
@@ -14,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from app.core.engine import Engine
+from app.core.engine import Engine, Job
 from app.core.errors import ModelNotFound, SwitchboardError
 from app.core.registry import ModelEntry
 from app.core.query import translate
@@ -125,18 +126,50 @@ async def _generate(engine: Engine, request: Request, route: RouteRequest, op: s
         events = _sse(job.stream(), response_id, model_id, include_usage)
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
-    chunks: list[dict[str, Any]] = []
-    usage = None
     try:
+        chunks, usage = await _collect_unless_disconnected(job, request)
+    except SwitchboardError as exc:
+        return errors.error_response(exc, headers)
+    except ClientDisconnected:
+        return Response(status_code=499)  # nobody is listening; the worker has been told to stop
+    return JSONResponse(_assemble(op, chunks, usage, response_id, model_id), headers=headers)
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+async def _collect_unless_disconnected(job: Job, request: Request) -> tuple[list[dict[str, Any]], dict | None]:
+    """Gather a non-streamed answer; a client that hangs up cancels the generation, as a streamed one does."""
+
+    async def collect() -> tuple[list[dict[str, Any]], dict | None]:
+        chunks: list[dict[str, Any]] = []
+        usage = None
         async with contextlib.aclosing(job.stream()) as messages:  # type: ignore[type-var]
             async for message in messages:
                 if message["type"] == "chunk":
                     chunks.append(message["data"])
                 else:
                     usage = _usage(message.get("usage"))
-    except SwitchboardError as exc:
-        return errors.error_response(exc, headers)
-    return JSONResponse(_assemble(op, chunks, usage, response_id, model_id), headers=headers)
+        return chunks, usage
+
+    async def disconnected() -> None:
+        # The body has been read, so the next message the server gets is http.disconnect.
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    collecting = asyncio.ensure_future(collect())
+    watching = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait((collecting, watching), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+    if not collecting.done():
+        collecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await collecting
+        raise ClientDisconnected()
+    return collecting.result()
 
 
 def _usage(raw: dict[str, int] | None) -> dict[str, Any] | None:
