@@ -1,9 +1,10 @@
-"""The `switchboard` command: serve (headless), scan."""
+"""The `switchboard` command: the desktop app (gui), serve (headless), scan, route."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command")
     serve = commands.add_parser("serve", help="run the OpenAI-compatible server without a window")
     _server_options(serve)
+    gui = commands.add_parser("gui", help="open the desktop app (window, tray and the server in one process)")
+    _server_options(gui)
     scan = commands.add_parser("scan", help="list the GGUF models found on this machine, and the problems")
     scan.add_argument("--json", action="store_true", help="print JSON instead of a table")
     scan.add_argument("paths", nargs="*", metavar="PATH", help="scan only these files or folders")
@@ -135,6 +138,26 @@ def _serve(config: Config) -> int:
     return 0
 
 
+def has_display() -> bool:
+    """Whether a window can open: a display server, or a Qt platform chosen explicitly (offscreen, xcb...)."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return any(os.environ.get(name) for name in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM"))
+
+
+def _gui(config: Config, *, fallback: bool) -> int:
+    """The desktop app; with `fallback` (no command given), the headless server when Qt cannot start."""
+    try:
+        from app.ui.app import run_gui
+    except ImportError as exc:
+        if not fallback:
+            print(f"switchboard: the desktop app cannot start: {exc}", file=sys.stderr)
+            return 2
+        print(f"switchboard: no desktop app ({exc}); serving without a window", file=sys.stderr)
+        return _serve(config)
+    return run_gui(config)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -146,8 +169,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _scan(args, config)
     if args.command == "route":
         return _route(args, config)
-    # No command: the desktop app once it lands; until then the server.
-    return _serve(config)
+    if args.command == "serve":
+        return _serve(config)
+    if args.command == "gui":
+        return _gui(config, fallback=False)
+    # No command: the desktop app where a window can open, else the headless server.
+    return _gui(config, fallback=True) if has_display() else _serve(config)
 
 
 if __name__ == "__main__":

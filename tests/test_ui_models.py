@@ -44,7 +44,7 @@ def desktop(qapp: object, sb_home: Path, models_dir: Path) -> Iterator[Desktop]:
 
 
 def run(d: Desktop, coro: object, timeout: float = 120) -> object:
-    return d.loop.run_until_complete(asyncio.wait_for(coro, timeout))  # type: ignore[arg-type]
+    return d.run_until_complete(asyncio.wait_for(coro, timeout))  # type: ignore[arg-type]
 
 
 async def until(predicate: Callable[[], object], timeout: float = 60.0) -> None:

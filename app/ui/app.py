@@ -11,9 +11,9 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 # PySide6 before qasync: qasync picks the first Qt binding already imported.
 from PySide6.QtGui import QIcon
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 RESOURCES = Path(__file__).resolve().parents[2] / "resources"
 _TASKS: set[asyncio.Task[Any]] = set()
+T = TypeVar("T")
 
 
 def spawn(coro: Coroutine[Any, Any, Any], *, on_error: Callable[[BaseException], None] | None = None,
@@ -94,7 +95,10 @@ class Desktop:
 
     def __init__(self, config: Config, *, store: Store | None = None, argv: list[str] | None = None) -> None:
         self.qapp = qt_app(argv)
-        self.loop = qasync.QEventLoop(self.qapp)
+        # The loop counts as running from now until close_loop(): whoever turns Qt's event loop (our
+        # run_until_complete, a dialog, pytest-qt processing events) runs asyncio callbacks with it as the
+        # running loop. (qasync's run_until_complete processes events after it unset the running loop.)
+        self.loop = qasync.QEventLoop(self.qapp, already_running=True)
         asyncio.set_event_loop(self.loop)
         self.engine = Engine(config, store)
         self.controller = ServerController(self.engine)
@@ -163,19 +167,46 @@ class Desktop:
         if self.window is not None:
             self.window.close_for_quit()
 
+    def run_until_complete(self, coro: Awaitable[T]) -> T:
+        """Turn Qt's event loop (and so the asyncio loop) until `coro` is done; return its result.
+
+        QApplication.exec() is the loop turned, because it alone resets Qt's "quit now" state: after an
+        exit(), a bare QEventLoop.exec() would return at once. Should something end the loop before `coro`
+        is done (QApplication.quit(), a session logout), the app is asked to quit and the waiting goes on,
+        so that run() still shuts down cleanly.
+        """
+        task = asyncio.ensure_future(coro, loop=self.loop)
+
+        def wake(_task: asyncio.Future[T]) -> None:
+            self.qapp.exit(0)
+
+        while not task.done():
+            task.add_done_callback(wake)
+            self.qapp.exec()
+            task.remove_done_callback(wake)
+            if not task.done():
+                self.quit()
+        return task.result()
+
     def close_loop(self) -> None:
-        """After run()/shutdown(): shut the loop (and its default executor) and uninstall it."""
+        """After run() (or instead of it): shut down, end what is still pending, close and uninstall the loop."""
         if not self._closed:
-            self.loop.run_until_complete(self.shutdown())
+            self.run_until_complete(self.shutdown())
         # As asyncio.run does: whatever is still pending (a cancelled load, a spawned action) ends on the loop.
         pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
         for task in pending:
             task.cancel()
         if pending:
-            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+            self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        self.run_until_complete(self.loop.shutdown_asyncgens())
+        # qasync's stop() calls QApplication.exit(): only inside exec(), which then clears Qt's "quit now".
+        self.run_until_complete(self._stop_loop())
         self.loop.close()
+        asyncio.events._set_running_loop(None)
         asyncio.set_event_loop(None)
+
+    async def _stop_loop(self) -> None:
+        self.loop.stop()
 
     # -- helpers -------------------------------------------------------------------------------
     def _describe_scan(self) -> str:
@@ -211,7 +242,7 @@ def run_gui(config: Config) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return desktop.loop.run_until_complete(desktop.run())
+        return desktop.run_until_complete(desktop.run())
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -42,7 +42,8 @@ class ServerController(QObject):
     # -- state ---------------------------------------------------------------------------------
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        """Listening and serving (False while still starting)."""
+        return bool(self._url) and self._task is not None and not self._task.done()
 
     @property
     def url(self) -> str:
@@ -85,7 +86,7 @@ class ServerController(QObject):
 
     # -- internals -----------------------------------------------------------------------------
     async def _start(self) -> bool:
-        if self.running:
+        if self._task is not None and not self._task.done():
             return True
         config = self.config
         try:
