@@ -1,5 +1,6 @@
 """cache_aware: prefix routing of conversations, load balance, spread misses, correction from reported cache use,
-bounded memory; and the prefix tree itself against a brute-force reference."""
+bounded memory; the prefix tree itself against a brute-force reference; and the fast select against a plain
+statement of its rule (same decisions, reasons and scores)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from app.core.strategies import Outcome, RouteContext, Selection, Target
 from app.core.strategies.cache_aware import CacheAware, PrefixTree
+from app.core.strategies.common import DEGRADED_PENALTY, pct
 
 SYSTEM = "<|system|>\nYou are a careful assistant. Answer briefly and cite sources when you can.\n"
 
@@ -238,3 +240,117 @@ def test_tree_eviction_bounds_and_keeps_the_newest(ops: list[tuple[str, str]], l
     for tenant in list(last):
         tree.forget(tenant)
     assert tree.size == {} and tree.root.children == {}
+
+
+def shape(node: object) -> tuple:
+    """The whole subtree: edges, who holds what (with ticks) and child counts, in a comparable form."""
+    return (node.edge, sorted(node.last.items()), sorted(node.kids.items()),  # type: ignore[attr-defined]
+            sorted(shape(c) for c in node.children.values()))  # type: ignore[attr-defined]
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["walk", "insert", "insert", "evict"]), st.sampled_from("xy"),
+                              st.text(alphabet="ab", max_size=10)), max_size=40),
+       limit=st.integers(0, 20), probe=st.text(alphabet="ab", max_size=12))
+def test_insert_after_a_walk_is_the_same(ops: list[tuple[str, str, str]], limit: int, probe: str) -> None:
+    # insert follows the path of the last walk of the same text while no node changed since (select walks the
+    # text, on_start inserts it); a walk made stale by a split, a new leaf or an eviction is not followed.
+    walked, plain = PrefixTree(), PrefixTree()
+    for tick, (op, tenant, text) in enumerate(ops, 1):
+        if op == "walk":
+            walked.walk(text)
+        elif op == "insert":
+            assert walked.insert(text, tenant, tick) == plain.insert(text, tenant, tick)
+        else:
+            walked.evict(tenant, limit)
+            plain.evict(tenant, limit)
+        check_invariants(walked)
+        assert walked.size == plain.size and shape(walked.root) == shape(plain.root)
+    assert walked.match(probe) == plain.match(probe)
+
+
+# --- the fast select against the plain statement of its rule ------------------------------------------------
+
+
+def reference_select(s: CacheAware, targets: Sequence[Target], ctx: RouteContext) -> Selection:
+    """The rule as first written, with one pass per quantity: select must give exactly this (same key, reason,
+    scores and detail), only faster."""
+    ll, p = s._ll, DEGRADED_PENALTY
+    degraded = [t.degraded for t in targets]
+    all_degraded = False not in degraded
+    if len(targets) > 1:
+        flights = ([t.in_flight for t in targets] if all_degraded or True not in degraded
+                   else [t.in_flight for t in targets if not t.degraded])
+        hi, lo = max(max(flights), 0), max(min(flights), 0)
+        if hi - lo > s.balance_abs_threshold and hi > s.balance_rel_threshold * lo:
+            scores = ll.scores(targets)
+            chosen, why = ll.choose(targets, scores)
+            return Selection(chosen.key, f"load imbalanced ({hi} vs {lo} in flight): {why}", scores,
+                             {"branch": "balance"})
+    text = ctx.text
+    held = s._tree.match(text) if text else {}
+    corr = s._correction
+    best = 0.0
+    inv = 1.0 / len(text) if text else 0.0
+    if held and max(held.values()) * inv >= s.cache_threshold:
+        scores = {t.key: held.get(t.key, 0) * inv * corr.get(t.key, 1.0) - (p if t.degraded else 0.0)
+                  for t in targets}
+        values = list(scores.values())
+        top = max(values)
+        best = top + p if all_degraded else top
+        if best > 0.0 and best >= s.cache_threshold:
+            if values.count(top) == 1:
+                chosen = targets[values.index(top)]
+            else:
+                chosen = min((t for t, v in zip(targets, values) if v == top),
+                             key=lambda t: (max(t.in_flight, 0), t.key))
+            reason = f"prefix match {pct(best)} on {chosen.key}"
+            c = corr.get(chosen.key, 1.0)
+            if c < 0.995:
+                reason += f" (after correction x{c:.2f})"
+            return Selection(chosen.key, reason, scores, {"branch": "hit", "match": best})
+    elif held:
+        best = max(held.get(t.key, 0) * corr.get(t.key, 1.0) for t in targets) * inv
+    scores = ll.scores(targets, s._tree.size, 1.0 / s.max_chars_per_target)
+    values = list(scores.values())
+    chosen = targets[values.index(max(values))]
+    reason = (f"cache miss (best match {pct(max(best, 0.0))} < {pct(s.cache_threshold)}): "
+              f"{chosen.key} has the least load and cached text")
+    return Selection(chosen.key, reason, scores, {"branch": "miss", "match": max(best, 0.0)})
+
+
+pressures = st.one_of(st.floats(0, 1), st.sampled_from([-0.5, 1.5, float("nan"), float("inf")]))
+
+
+@st.composite
+def pools(draw: st.DrawFn) -> list[Target]:
+    keys = draw(st.lists(st.sampled_from(["a", "b", "c", "d", "e", "a#1", "b#1"]), min_size=1, max_size=7,
+                         unique=True))
+    all_degraded = draw(st.booleans()) and draw(st.booleans())
+    return [T(k, draw(st.sampled_from([0, 0, 0, 1, 2, 5, -1])), memory_pressure=draw(pressures),
+              degraded=all_degraded or draw(st.integers(0, 4)) == 0) for k in keys]
+
+
+@settings(max_examples=500, deadline=None)
+@given(threshold=st.sampled_from([0.0, 0.3, 0.5, 0.8, 1.0]), alpha=st.sampled_from([0.3, 0.7, 1.0]),
+       max_chars=st.sampled_from([40, 10_000]),
+       steps=st.lists(st.tuples(pools(), st.text(alphabet="xy", min_size=0, max_size=3),
+                                st.integers(0, 4), st.sampled_from([0.0, 0.1, 0.3, 0.6, 1.0, 1.2]),
+                                st.sampled_from(["a", "b", "c", "d"]), st.sampled_from([None, 0.0, 0.3, 0.6, 0.9])),
+                      min_size=1, max_size=25))
+def test_select_is_the_rule_exactly(threshold: float, alpha: float, max_chars: int,
+                                    steps: list[tuple[list[Target], str, int, float, str, float | None]]) -> None:
+    s = CacheAware(cache_threshold=threshold, correction_alpha=alpha, max_chars_per_target=max_chars)
+    convs = ["", "", ""]
+    for i, (targets, turn_text, conv, reuse, key, factor) in enumerate(steps):
+        if factor is not None:  # as if that target's reports had driven its factor there
+            s._correction[key] = factor
+        c = conv % 3
+        convs[c] = (convs[c] or SYSTEM[: 20 + 7 * c]) + turn_text * (1 + conv)  # growing conversations
+        ctx = C(convs[c] if conv < 3 else turn_text, f"r{i}")
+        sel = s.select(targets, ctx)
+        assert sel == reference_select(s, targets, ctx)
+        chosen = next(t for t in targets if t.key == sel.key)
+        s.on_start(chosen, ctx)
+        prompt = max(len(ctx.text), 1)
+        s.on_complete(chosen, ctx, Outcome(ok=True, prompt_tokens=prompt, cached_tokens=int(prompt * reuse)))

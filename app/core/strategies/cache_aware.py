@@ -14,14 +14,21 @@ Rule (healthy targets first; degraded ones only when every target is):
 3. a miss -> the lowest load + tree fill (characters held / max_chars_per_target): load first (SGLang's "death
    spiral": don't pile every miss onto the emptiest cache), then the least cached text, which spreads misses.
 Memory is bounded per target (`max_chars_per_target`): the target's least recently used leaves are dropped.
+
+Cost of a decision (select + on_start + on_complete): the walk visits the few nodes on the text's path (edges are
+compared C-level), not one step per target or per character. A tenant on a node is on all its ancestors, so the
+tenant sets along the path shrink: the walk yields a few "levels" (a set of tenants, how much of the text they
+hold), and whether a hit is possible at all is decided on them (a level's best correction, C-level) before any
+per-target work. Then one pass builds the scores of the branch taken; the reason of a miss takes its best match
+from the levels. on_start inserts along the path select just walked when no node changed since. The result is
+exactly the rule above, as tests/test_strategy_cache_aware.py checks against a plain version of it.
 """
 
 from __future__ import annotations
 
 import heapq
-from itertools import repeat
-from operator import mul
 from collections.abc import Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 from app.core.strategies.base import Outcome, RouteContext, Selection, Strategy, Target
@@ -68,7 +75,10 @@ def _common_prefix(edge: str, text: str, start: int) -> int:
 
 
 class PrefixTree:
-    """Texts per tenant, sharing storage for common prefixes; LRU eviction of leaves per tenant."""
+    """Texts per tenant, sharing storage for common prefixes; LRU eviction of leaves per tenant.
+
+    `walk` gives a text's path, `levels` the distinct tenant sets along it, `held` the flat per-tenant match;
+    `match` is the three in one."""
 
     def __init__(self) -> None:
         self.root = _Node("", None)
@@ -76,9 +86,12 @@ class PrefixTree:
         self._nodes: dict[str, int] = {}  # tenant -> nodes held (to bound its heap)
         self._heaps: dict[str, list[tuple[int, int, _Node]]] = {}  # tenant -> (tick, seq, leaf); lazy deletion
         self._seq = 0
+        self._shape = 0  # bumped whenever nodes or edges change: a walk's path stays valid while it is unchanged
+        self._walked: tuple[str, int, list[tuple[_Node, int]]] = ("", -1, [])  # the last walk, for insert
 
-    def match(self, text: str) -> dict[str, int]:
-        """Per tenant holding a prefix of `text`: the length of the longest one. One walk for all tenants."""
+    def walk(self, text: str) -> list[tuple[_Node, int]]:
+        """The nodes `text` runs through from the root, each with how far into the text the match reaches at its
+        end; the last one may match only partly (the text diverges or ends inside its edge)."""
         node, i, n = self.root, 0, len(text)
         path: list[tuple[_Node, int]] = []
         while i < n:
@@ -93,43 +106,70 @@ class PrefixTree:
                 continue
             path.append((child, i + _common_prefix(edge, text, i)))
             break
-        out: dict[str, int] = {}
-        # A tenant on a node is on all its ancestors, so walking up, each level adds only new tenants.
-        for node, length in reversed(path):
-            if len(node.last) > len(out):
-                out.update(dict.fromkeys(node.last.keys() - out.keys(), length))
+        self._walked = (text, self._shape, path)
+        return path
+
+    @staticmethod
+    def levels(path: list[tuple[_Node, int]]) -> list[tuple[dict[str, int], int]]:
+        """The distinct tenant sets along a path, top-down, each with how much of the text its tenants hold.
+
+        A tenant on a node is on all its ancestors, so the sets shrink down the path, and a set's match ends at
+        the last node with that many tenants: a tenant's match is the length of the last (smallest) set it is in."""
+        out: list[tuple[dict[str, int], int]] = []
+        if path:
+            prev, end = path[0]
+            for node, length in path:
+                if len(node.last) != len(prev.last):
+                    out.append((prev.last, end))
+                prev, end = node, length
+            out.append((prev.last, end))
         return out
 
+    @staticmethod
+    def held(levels: list[tuple[dict[str, int], int]]) -> dict[str, int]:
+        """Per tenant of `levels`, how much of the text it holds (C-level: each deeper set overwrites)."""
+        out: dict[str, int] = {}
+        for tenants, end in levels:
+            out.update(dict.fromkeys(tenants, end))
+        return out
+
+    def match(self, text: str) -> dict[str, int]:
+        """Per tenant holding a prefix of `text`: the length of the longest one. One walk for all tenants."""
+        return self.held(self.levels(self.walk(text)))
+
     def insert(self, text: str, tenant: str, tick: int) -> int:
-        """Record that `tenant` now holds `text`; returns how much of it the tenant held before."""
+        """Record that `tenant` now holds `text`; returns how much of it the tenant held before.
+
+        Follows the path of the last walk when it was of this text and no node changed since (select walks the
+        text, then on_start inserts it), else walks again."""
+        walked, shape, path = self._walked
+        if walked is not text or shape != self._shape:
+            path = self.walk(text)
         node, i, n = self.root, 0, len(text)
         before = 0
-        while i < n:
-            child = node.children.get(text[i])
-            if child is None:
-                leaf = _Node(text[i:], node)
-                node.children[text[i]] = leaf
-                self._add(leaf, tenant, tick)
-                node, i = leaf, n
-                break
-            edge = child.edge
-            if text.startswith(edge, i):
-                step = len(edge)
-            else:  # diverges (or ends) inside the edge: split it, the upper part shared
-                step = _common_prefix(edge, text, i)
+        for child, end in path:
+            step = end - i
+            if step < len(child.edge):  # diverges (or ends) inside the edge: split it, the upper part shared
                 child = self._split(node, child, step)
             if tenant in child.last:
-                before = i + step
+                before = end
                 child.last[tenant] = tick
             else:
                 self._add(child, tenant, tick)
-            node, i = child, i + step
+            node, i = child, end
+        if i < n:
+            leaf = _Node(text[i:], node)
+            node.children[text[i]] = leaf
+            self._shape += 1
+            self._add(leaf, tenant, tick)
+            node = leaf
         if node is not self.root and not node.kids.get(tenant):
             self._push(tenant, tick, node)  # the end of the text is a leaf for this tenant
         return before
 
     def _split(self, parent: _Node, child: _Node, at: int) -> _Node:
         # The child object stays the lower half, so heap entries pointing at it stay right.
+        self._shape += 1
         upper = _Node(child.edge[:at], parent)
         child.edge = child.edge[at:]
         child.parent = upper
@@ -192,6 +232,7 @@ class PrefixTree:
                     self._seq += 1
                     heapq.heappush(heap, (parent.last[tenant], self._seq, parent))  # now a leaf for it
             if not node.last:  # nobody holds it (so no child either): unlink it
+                self._shape += 1
                 del parent.children[node.edge[0]]
                 node.parent = None
         if self.size.get(tenant, 1) == 0:
@@ -231,60 +272,149 @@ class CacheAware(Strategy):
     # --- deciding -----------------------------------------------------------------------------------------
 
     def select(self, targets: Sequence[Target], ctx: RouteContext) -> Selection:
-        ll, p = self._ll, DEGRADED_PENALTY
-        degraded = [t.degraded for t in targets]
-        all_degraded = False not in degraded
+        # At 100 targets every pass over them costs microseconds: one for the loads, one for the scores of the
+        # branch taken (x - 0.0 is x, so the degraded penalty is applied only when some target is degraded).
+        p = DEGRADED_PENALTY
+        flights = [t.in_flight for t in targets if not t.degraded]  # the healthy targets' loads
+        all_degraded = not flights
+        any_degraded = all_degraded or len(flights) < len(targets)
         if len(targets) > 1:
-            flights = ([t.in_flight for t in targets] if all_degraded or True not in degraded
-                       else [t.in_flight for t in targets if not t.degraded])
-            hi, lo = max(max(flights), 0), max(min(flights), 0)
-            if hi - lo > self.balance_abs_threshold and hi > self.balance_rel_threshold * lo:
+            if all_degraded:
+                flights = [t.in_flight for t in targets]
+            hi = max(max(flights), 0)
+            # lo >= 0, so hi - lo > threshold needs hi > threshold: the minimum is looked for only then.
+            if hi > self.balance_abs_threshold and (
+                hi - (lo := max(min(flights), 0)) > self.balance_abs_threshold and hi > self.balance_rel_threshold * lo
+            ):
+                ll = self._ll
                 scores = ll.scores(targets)
                 chosen, why = ll.choose(targets, scores)
                 reason = f"load imbalanced ({hi} vs {lo} in flight): {why}"
                 return Selection(chosen.key, reason, scores, {"branch": "balance"})
         text = ctx.text
-        held = self._tree.match(text) if text else {}  # tenant -> characters of the text it holds
-        best = 0.0
+        tree = self._tree
+        levels = tree.levels(tree.walk(text)) if text else []  # the tenants holding each prefix of the text
         inv = 1.0 / len(text) if text else 0.0
-        # Corrections are <= 1, so the raw best bounds the corrected one: below the threshold it is a miss for
-        # sure, and this pass over the targets is skipped.
-        if held and max(held.values()) * inv >= self.cache_threshold:
-            corr = self._correction
+        threshold = self.cache_threshold
+        cg = self._correction.get
+        # Corrections are <= 1, and a level's tenants hold `end` characters: a level may hold a hit only if
+        # end * inv * (its best correction) reaches the threshold (C-level max over the level). Deepest level
+        # first; without such a level it is a miss for sure, and the hit's scores are not computed. (When every
+        # target is degraded the hit's best is (score - penalty) + penalty: the same rounding here.)
+        candidate = False
+        cap: float | None = None  # bounds every correction: looked up once the deepest level is not a hit
+        for tenants, end in reversed(levels):
+            x = end * inv
+            if (x - p + p if all_degraded else x) < threshold:
+                break
+            if cap is not None:
+                y = x * cap
+                if (y - p + p if all_degraded else y) < threshold:
+                    break
+            x *= max(map(cg, tenants, repeat(1.0)))
+            if (x - p + p if all_degraded else x) >= threshold:
+                candidate = True
+                break
+            cap = self._correction_cap()
+        best = 0.0
+        if candidate:
             # Score = predicted match ratio; healthy [0, 1], degraded [-1, 0], so the top is the best healthy.
-            scores = {
-                t.key: held.get(t.key, 0) * inv * corr.get(t.key, 1.0) - (p if t.degraded else 0.0)
-                for t in targets
-            }
+            # 0 for every target (C-level), then the holders (often fewer than the targets) get their ratio,
+            # level by level: a deeper level's ratio overwrites.
+            scores = dict.fromkeys([t.key for t in targets], 0.0)
+            for tenants, end in levels:
+                x = end * inv
+                for k in tenants:
+                    if k in scores:
+                        scores[k] = x * cg(k, 1.0)
+            if any_degraded:
+                for k in [t.key for t in targets if t.degraded]:
+                    scores[k] -= p
             values = list(scores.values())
             top = max(values)
             best = top + p if all_degraded else top
-            if best > 0.0 and best >= self.cache_threshold:
+            if best > 0.0 and best >= threshold:
                 if values.count(top) == 1:
                     chosen = targets[values.index(top)]
                 else:  # e.g. two replicas hold the whole text: the one with fewer in flight
                     chosen = min((t for t, v in zip(targets, values) if v == top),
                                  key=lambda t: (max(t.in_flight, 0), t.key))
                 reason = f"prefix match {pct(best)} on {chosen.key}"
-                c = corr.get(chosen.key, 1.0)
+                c = cg(chosen.key, 1.0)
                 if c < 0.995:
                     reason += f" (after correction x{c:.2f})"
                 return Selection(chosen.key, reason, scores, {"branch": "hit", "match": best})
-        elif held:  # for the reason: the best corrected match among these targets (C-level lookups)
-            keys = [t.key for t in targets]
-            corr = self._correction
-            best = max(map(mul, map(held.get, keys, repeat(0)), map(corr.get, keys, repeat(1.0)))) * inv
         # A miss: least_loaded's rule with the target's cache fill (characters held / max_chars_per_target) as
         # extra load. Load counts most (1 per request: never pile every miss onto the emptiest cache, SGLang's
         # "death spiral"), then how full the cache is, which spreads misses over idle targets.
-        scores = ll.scores(targets, self._tree.size, 1.0 / self.max_chars_per_target)
+        # LeastLoaded.scores(targets, fill, 1 / max_chars_per_target), value for value, inlined.
+        w, fill, scale = self._ll.memory_weight, tree.size.get, 1.0 / self.max_chars_per_target
+        if any_degraded:
+            scores = {
+                t.key: 1.0 / (1.0 + (n if (n := t.in_flight) > 0 else 0)
+                              + w * (m if 0.0 <= (m := t.memory_pressure) <= 1.0 else unit(m))
+                              + scale * fill(t.key, 0.0)) - (p if t.degraded else 0.0)
+                for t in targets
+            }
+        else:
+            scores = {
+                t.key: 1.0 / (1.0 + (n if (n := t.in_flight) > 0 else 0)
+                              + w * (m if 0.0 <= (m := t.memory_pressure) <= 1.0 else unit(m))
+                              + scale * fill(t.key, 0.0))
+                for t in targets
+            }
+        if levels and not candidate:
+            best = self._best_match(levels, inv, scores, all_degraded, cap)
         values = list(scores.values())
         chosen = targets[values.index(max(values))]
         reason = (
-            f"cache miss (best match {pct(max(best, 0.0))} < {pct(self.cache_threshold)}): "
+            f"cache miss (best match {pct(max(best, 0.0))} < {pct(threshold)}): "
             f"{chosen.key} has the least load and cached text"
         )
         return Selection(chosen.key, reason, scores, {"branch": "miss", "match": max(best, 0.0)})
+
+    def _correction_cap(self) -> float:
+        """A bound of the correction of every target holding text: the largest factor, or 1.0 while one of them
+        has none yet (C-level)."""
+        corr = self._correction
+        if corr and self._tree.size.keys() <= corr.keys():
+            return max(corr.values())
+        return 1.0
+
+    def _best_match(self, levels: list[tuple[dict[str, int], int]], inv: float, scores: dict[str, float],
+                    all_degraded: bool, cap: float | None) -> float:
+        """For the reason of a miss found before scoring a hit: the best match among the targets (the keys of
+        `scores`, the miss scores), as the hit's scoring would have reported it. When the raw best reached the
+        threshold, the best hit score (held * inv * correction; the degraded ones' score is <= 0, so only healthy
+        targets count, miss score > 0, unless all are degraded: then (score - penalty) + penalty); below it,
+        the best (held * correction) * inv. A level's tenants hold the same `end` characters, so each level
+        needs only its best correction; deepest level first, stopping when end * inv * cap (`cap` bounds every
+        correction), which bounds this level and the ones above it, cannot beat the best so far."""
+        cg, sg, p = self._correction.get, scores.get, DEGRADED_PENALTY
+        raw = levels[-1][1] * inv < self.cache_threshold
+        members = raw or all_degraded  # which targets count: all of them, or the healthy ones (miss score > 0)
+        best = 0.0
+        for tenants, end in reversed(levels):
+            x = end * inv
+            if best > 0.0:  # something to beat: can this level, or one above it, beat it?
+                if cap is None:
+                    cap = self._correction_cap()
+                y = end * cap * inv if raw else x * cap
+                if best >= (y - p + p if all_degraded and not raw else y):
+                    break
+            if members:
+                corrections = [cg(t, 1.0) for t in tenants if t in scores]
+            else:
+                corrections = [cg(t, 1.0) for t in tenants if sg(t, 0.0) > 0.0]
+            if corrections:
+                c = max(corrections)
+                if raw:
+                    v = end * c * inv
+                else:
+                    v = x * c - p + p if all_degraded else x * c
+                if v > best:
+                    best = v
+        return best
 
     # --- learning -----------------------------------------------------------------------------------------
 
@@ -294,11 +424,13 @@ class CacheAware(Strategy):
         if not text:
             return
         self._tick += 1
+        tree, key, limit = self._tree, target.key, self.max_chars_per_target
         # Longer than the whole budget: keep its start (the part later turns share).
-        held = self._tree.insert(text[: self.max_chars_per_target], target.key, self._tick)
-        self._tree.evict(target.key, self.max_chars_per_target)
+        held = tree.insert(text[:limit], key, self._tick)
+        if tree.size[key] > limit:
+            tree.evict(key, limit)
         pending = self._pending
-        pending[(target.key, ctx.request_id)] = held / len(text)
+        pending[(key, ctx.request_id)] = held / len(text)
         if len(pending) > MAX_PENDING:
             del pending[next(iter(pending))]
 
