@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench serve scan clean
+.PHONY: run test bench serve scan clean install-desktop screenshot
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[demo,dev]'
 	touch $(STAMP)
 
+# The desktop app where a display exists (DISPLAY / WAYLAND_DISPLAY), else the headless server.
 run: $(STAMP)
 	$(VENV)/bin/switchboard
 
@@ -26,6 +27,28 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# The .desktop entry and icons for this user, so the app starts from the applications menu or a file manager.
+APPS_DIR  := $(HOME)/.local/share/applications
+ICONS_DIR := $(HOME)/.local/share/icons/hicolor
+install-desktop: $(STAMP)
+	install -d $(APPS_DIR)
+	sed 's|^Exec=switchboard |Exec=$(abspath $(VENV))/bin/switchboard |' packaging/linux/switchboard.desktop \
+		> $(APPS_DIR)/switchboard.desktop
+	chmod 644 $(APPS_DIR)/switchboard.desktop
+	for size in 16 32 64 128 256; do \
+		install -Dm644 resources/switchboard-$$size.png $(ICONS_DIR)/$${size}x$${size}/apps/switchboard.png; \
+	done
+	install -Dm644 resources/switchboard.svg $(ICONS_DIR)/scalable/apps/switchboard.svg
+	if command -v update-desktop-database >/dev/null; then update-desktop-database -q $(APPS_DIR); fi
+	if command -v gtk-update-icon-cache >/dev/null; then gtk-update-icon-cache -q -t $(ICONS_DIR); fi
+	@echo "installed $(APPS_DIR)/switchboard.desktop and icons under $(ICONS_DIR)"
+
+# Screenshots of the real window (default model loaded) under Xvfb, saved in docs/.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+screenshot: $(STAMP)
+	command -v Xvfb >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y xvfb)
+	xvfb-run -a -s "-screen 0 1280x800x24" $(PY) packaging/screenshot.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
