@@ -132,7 +132,7 @@ class ModelsPanel(QWidget):
         splitter.addWidget(self.details)
         splitter.setStretchFactor(0, 3)
         splitter.setStretchFactor(1, 1)
-        splitter.setSizes([760, 300])
+        splitter.setSizes([900, 320])
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(splitter, 1)
@@ -156,7 +156,7 @@ class ModelsPanel(QWidget):
         self.table.resizeColumnsToContents()
         header = self.table.horizontalHeader()
         for column in range(self.model.columnCount()):
-            header.resizeSection(column, min(header.sectionSize(column), 260))
+            header.resizeSection(column, min(header.sectionSize(column), 300))
 
     # -- selection -----------------------------------------------------------------------------
     def selected_id(self) -> str | None:
@@ -415,7 +415,7 @@ def details_html(info: dict[str, Any], budget: int) -> str:
 def _fmt(value: Any) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, int) and abs(value) >= 10_000:
+    if isinstance(value, int) and abs(value) >= 1000:
         return f"{value:,}"
     if isinstance(value, list):
         return ", ".join(str(v) for v in value)
