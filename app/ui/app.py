@@ -158,14 +158,14 @@ class Desktop:
         if self._closed:
             return
         self._closed = True
-        if self.window is not None:
-            self.window.save_geometry()
-        await self.controller.stop()
-        await self.engine.close()
+        # The window first: its views' timers read the engine and the store, which close below.
         if self.tray is not None:
             self.tray.hide()
         if self.window is not None:
+            self.window.save_geometry()
             self.window.close_for_quit()
+        await self.controller.stop()
+        await self.engine.close()
 
     def run_until_complete(self, coro: Awaitable[T]) -> T:
         """Turn Qt's event loop (and so the asyncio loop) until `coro` is done; return its result.

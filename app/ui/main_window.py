@@ -6,7 +6,7 @@ setting is on; elsewhere it asks, with a message box opened by open() (no nested
 
 from __future__ import annotations
 
-from PySide6.QtCore import QByteArray, Qt, Signal
+from PySide6.QtCore import QByteArray, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QTabWidget, QWidget
 
@@ -136,6 +136,9 @@ class MainWindow(QMainWindow):
         """The app is ending: close for real."""
         self._quitting = True
         self.models_panel.model.detach()
+        # Every view's refresh timer stops: the engine and its store are about to close.
+        for timer in self.findChildren(QTimer):
+            timer.stop()
         self.close()
 
     def show_and_raise(self) -> None:
