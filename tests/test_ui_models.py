@@ -14,6 +14,8 @@ from pathlib import Path  # noqa: E402
 import psutil  # noqa: E402
 import pytest  # noqa: E402
 from PySide6.QtCore import Qt, QTimer  # noqa: E402
+from PySide6.QtTest import QTest  # noqa: E402
+from PySide6.QtWidgets import QStyle, QStyleOptionViewItem  # noqa: E402
 
 from app.core.config import Config  # noqa: E402
 from app.core.gguf_testing import FILE_TYPES, write_gguf  # noqa: E402
@@ -114,6 +116,18 @@ def test_toggling_enabled_in_the_view_changes_the_registry(desktop: Desktop, qtb
     assert panel.proxy.setData(index, Qt.CheckState.Unchecked.value, Qt.ItemDataRole.CheckStateRole)
     assert engine.registry.get(qwen).enabled is False
     assert qwen not in {e.id for e in engine.registry.available()}
+    # A click on the check box in the view.
+    panel.show()
+    rect = panel.table.visualRect(index)
+    style = panel.table.style()
+    option = QStyleOptionViewItem()
+    option.rect = rect
+    option.features |= QStyleOptionViewItem.ViewItemFeature.HasCheckIndicator
+    check = style.subElementRect(QStyle.SubElement.SE_ItemViewItemCheckIndicator, option, panel.table)
+    QTest.mouseClick(panel.table.viewport(), Qt.MouseButton.LeftButton, pos=check.center())
+    assert engine.registry.get(qwen).enabled is True
+    QTest.mouseClick(panel.table.viewport(), Qt.MouseButton.LeftButton, pos=check.center())
+    assert engine.registry.get(qwen).enabled is False
     # The toolbar action on the selected row.
     assert panel.select(qwen)
     assert panel.act_enable.isChecked() is False
