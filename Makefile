@@ -46,9 +46,16 @@ install-desktop: $(STAMP)
 
 # Screenshots of the real window (default model loaded) under Xvfb, saved in docs/.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian packages: the X server, and the libraries Qt's xcb platform plugin loads that minimal systems lack.
+XCB_LIBS := libxcb-cursor.so.0:libxcb-cursor0 libxcb-icccm.so.4:libxcb-icccm4 libxcb-keysyms.so.1:libxcb-keysyms1
 screenshot: $(STAMP)
-	command -v Xvfb >/dev/null || ($(SUDO) apt-get update && $(SUDO) apt-get install -y xvfb)
-	xvfb-run -a -s "-screen 0 1280x800x24" $(PY) packaging/screenshot.py
+	@missing=""; command -v Xvfb >/dev/null || missing="xvfb xauth"; \
+	for pair in $(XCB_LIBS); do \
+		PATH="$$PATH:/sbin:/usr/sbin" ldconfig -p | grep -q "$${pair%%:*}" || missing="$$missing $${pair##*:}"; \
+	done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q $$missing; fi
+	xvfb-run -a -s "-screen 0 1600x900x24" $(PY) packaging/screenshot.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

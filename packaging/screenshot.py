@@ -5,7 +5,7 @@ default model and nothing from this machine), loads the default model, answers a
 server, then shows each tab in turn (QTimer-driven sleeps on the qasync loop) and saves window.grab() as
 docs/screenshot-<tab>.png.
 
-    xvfb-run -a -s "-screen 0 1280x800x24" .venv/bin/python packaging/screenshot.py [--out docs]
+    xvfb-run -a -s "-screen 0 1600x900x24" .venv/bin/python packaging/screenshot.py [--out docs]
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WIDTH, HEIGHT = 1260, 760
+WIDTH, HEIGHT = 1480, 820
+HISTORY_S = 20.0
 QUESTIONS = ("What is the capital of France?", "Name three primary colours.", "Say hello in Spanish.")
 
 
@@ -57,11 +58,12 @@ async def _session(desktop: object, out: Path) -> list[Path]:
 
     for question in QUESTIONS:
         await asyncio.to_thread(ask, question)
-    # A few seconds of memory samples for the charts, and a refresh of every view.
-    await asyncio.sleep(4.0)
+    # Some memory history for the charts (sampled once a second), and a refresh of every view.
+    await asyncio.sleep(HISTORY_S)
     panel = window.models_panel
     panel.select(default.id)
     window.statusBar().showMessage(desktop.found_message)
+    _show_a_dry_run(window.routing_panel)
     saved = []
     for index in range(window.tabs.count()):
         window.tabs.setCurrentIndex(index)
@@ -73,6 +75,18 @@ async def _session(desktop: object, out: Path) -> list[Path]:
         saved.append(path)
     window.tabs.setCurrentIndex(0)
     return saved
+
+
+def _show_a_dry_run(routing: object) -> None:
+    """The Routing tab shows its "Try a request" page with a decision (when the panel has one)."""
+    tabs, prompt, route = (getattr(routing, n, None) for n in ("tabs", "try_prompt", "try_request"))
+    if tabs is None or prompt is None or route is None:
+        return
+    for index in range(tabs.count()):
+        if tabs.tabText(index).lower().startswith("try"):
+            tabs.setCurrentIndex(index)
+    prompt.setPlainText("Write a Python function that reverses a list.")
+    route()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,7 +37,7 @@ SORT_ROLE = Qt.ItemDataRole.UserRole + 2
 COLUMNS: tuple[tuple[str, str], ...] = (
     ("name", "Name"),
     ("source", "Source"),
-    ("architecture", "Architecture"),
+    ("architecture", "Arch"),
     ("quantization", "Quant"),
     ("size", "Size"),
     ("context", "Context"),
