@@ -180,24 +180,29 @@ class Registry:
                     seen[fresh.id].paths.append(fresh.path)
                 continue
             seen[fresh.id] = fresh
+        writes: list[tuple[str, dict[str, Any], bool]] = []
+        events: list[tuple[str, ModelEntry]] = []
         for model_id, fresh in seen.items():
             current = self._entries.get(model_id)
             if current is None:
                 self._entries[model_id] = fresh
-                self._store.upsert_model(model_id, fresh.discovered(), missing=False)
-                self._emit("added", fresh)
+                writes.append((model_id, fresh.discovered(), False))
+                events.append(("added", fresh))
                 continue
             for name in _DISCOVERED:
                 setattr(current, name, getattr(fresh, name))
             current.missing = False
-            self._store.upsert_model(model_id, current.discovered(), missing=False)
-            self._emit("changed", current)
+            writes.append((model_id, current.discovered(), False))
+            events.append(("changed", current))
         if complete:
             for model_id, entry in self._entries.items():
                 if model_id not in seen and not entry.missing and not entry.is_remote:
                     entry.missing = True
-                    self._store.set_missing(model_id, True)
-                    self._emit("changed", entry)
+                    writes.append((model_id, entry.discovered(), True))
+                    events.append(("changed", entry))
+        self._store.upsert_models(writes)
+        for event, entry in events:
+            self._emit(event, entry)
 
     # -- user edits ------------------------------------------------------------------------
     def set_enabled(self, name: str, enabled: bool) -> ModelEntry:

@@ -138,12 +138,15 @@ class Store:
             }
 
     def upsert_model(self, model_id: str, discovered: dict[str, Any], *, missing: bool) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT INTO models (id, discovered, missing) VALUES (?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET discovered = excluded.discovered, missing = excluded.missing",
-                (model_id, json.dumps(discovered), int(missing)),
-            )
+        self.upsert_models([(model_id, discovered, missing)])
+
+    def upsert_models(self, rows: Iterable[tuple[str, dict[str, Any], bool]]) -> None:
+        """One transaction for a whole scan: hundreds of models must not mean hundreds of commits."""
+        self.executemany(
+            "INSERT INTO models (id, discovered, missing) VALUES (?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET discovered = excluded.discovered, missing = excluded.missing",
+            [(model_id, json.dumps(discovered), int(missing)) for model_id, discovered, missing in rows],
+        )
 
     def delete_model(self, model_id: str) -> None:
         with self._lock:
