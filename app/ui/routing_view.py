@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt, QTimer, Signal
+from PySide6.QtCore import QAbstractTableModel, Qt, QTimer, Signal
 from PySide6.QtGui import QFont, QIntValidator, QPalette, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -48,12 +48,12 @@ from app.core.query import translate
 from app.core.quota import Limits, model_scope
 from app.core.router import RouteRequest
 from app.core.strategies.affinity import PIN_KINDS
+from app.ui.rows_model import RowsTableModel
 
 REFRESH_MS = 2000
 MIN_PERCENT = 1  # every arm keeps at least this share: an arm at 0 % is no arm
 MAX_ARMS = 10
 
-_Index = QModelIndex | QPersistentModelIndex
 _ERROR_STYLE = "color: #c0392b;"
 
 DESCRIPTIONS = {
@@ -128,34 +128,8 @@ def even_split(n: int) -> list[int]:
 
 # -- item models ---------------------------------------------------------------------------------------------
 
-class _RowsModel(QAbstractTableModel):
-    """A read-only table over a list of dicts; subclasses say how each column reads."""
-
-    COLUMNS: tuple[str, ...] = ()
-
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._rows: list[dict[str, Any]] = []
-
-    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008 - Qt's signature
-        return 0 if parent.isValid() else len(self._rows)
-
-    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.COLUMNS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal \
-                and 0 <= section < len(self.COLUMNS):
-            return self.COLUMNS[section]
-        return None
-
-    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid() or not 0 <= index.row() < len(self._rows):
-            return None
-        return self.cell(self._rows[index.row()], index.column(), role)
-
-    def cell(self, row: dict[str, Any], column: int, role: int) -> Any:
-        raise NotImplementedError
+class _RowsModel(RowsTableModel):
+    """Rows replaced wholesale on each refresh (candidates, arm results)."""
 
     def set_rows(self, rows: Sequence[dict[str, Any]]) -> None:
         rows = list(rows)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt, QTimer
+from PySide6.QtCore import QModelIndex, Qt, QTimer
 from PySide6.QtGui import QGuiApplication, QShowEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -31,39 +31,18 @@ from PySide6.QtWidgets import (
 )
 
 from app.server.guard import is_loopback
+from app.ui.rows_model import RowsTableModel
 
 LOG_ROWS = 200
 LOG_INTERVAL_MS = 1000
 
-_Index = QModelIndex | QPersistentModelIndex
 
-
-class RequestLogModel(QAbstractTableModel):
+class RequestLogModel(RowsTableModel):
     """Rows of DecisionLog.recent(), newest first. `set_rows` inserts, removes and updates only what changed."""
 
     COLUMNS = ("Time", "Model", "Strategy", "Reason", "Tokens", "Latency", "Status")
 
-    def __init__(self, parent: QObject | None = None) -> None:
-        super().__init__(parent)
-        self._rows: list[dict[str, Any]] = []
-
-    # -- Qt model ------------------------------------------------------------------------------
-    def rowCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008 - Qt's signature
-        return 0 if parent.isValid() else len(self._rows)
-
-    def columnCount(self, parent: _Index = QModelIndex()) -> int:  # noqa: B008
-        return 0 if parent.isValid() else len(self.COLUMNS)
-
-    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if role == Qt.ItemDataRole.DisplayRole and orientation == Qt.Orientation.Horizontal \
-                and 0 <= section < len(self.COLUMNS):
-            return self.COLUMNS[section]
-        return None
-
-    def data(self, index: _Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
-        if not index.isValid() or not 0 <= index.row() < len(self._rows):
-            return None
-        row, column = self._rows[index.row()], index.column()
+    def cell(self, row: dict[str, Any], column: int, role: int) -> Any:
         if role == Qt.ItemDataRole.DisplayRole:
             return _cell(row, column)
         if role == Qt.ItemDataRole.ToolTipRole:
@@ -73,9 +52,6 @@ class RequestLogModel(QAbstractTableModel):
         return None
 
     # -- updates -------------------------------------------------------------------------------
-    def row(self, index: int) -> dict[str, Any]:
-        return self._rows[index]
-
     def set_rows(self, rows: Sequence[dict[str, Any]]) -> bool:
         """Show `rows` (newest first, by `seq`); False when nothing changed, and then nothing is emitted."""
         rows = list(rows)
