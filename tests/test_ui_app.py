@@ -14,7 +14,7 @@ import sqlite3  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import httpx  # noqa: E402
@@ -31,6 +31,7 @@ from app.ui.app import Desktop  # noqa: E402
 from app.ui.main_window import ASK, HIDE, MainWindow  # noqa: E402
 from app.ui.tray import Tray  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
+from tests.ui_support import run, until
 
 DEFAULT_ID = "smollm2-135m-instruct:q4_1"
 
@@ -40,18 +41,6 @@ def desktop(qapp: object, sb_home: Path) -> Iterator[Desktop]:
     d = Desktop(Config(port=0, discovery=False))
     yield d
     d.close_loop()
-
-
-def run(d: Desktop, coro: object, timeout: float = 120) -> object:
-    return d.run_until_complete(asyncio.wait_for(coro, timeout))  # type: ignore[arg-type]
-
-
-async def until(predicate: Callable[[], object], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
 
 
 @pytest.mark.slow

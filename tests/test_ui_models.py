@@ -6,9 +6,8 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import asyncio  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import psutil  # noqa: E402
@@ -22,6 +21,7 @@ from app.core.gguf_testing import FILE_TYPES, write_gguf  # noqa: E402
 from app.ui.app import Desktop  # noqa: E402
 from app.ui.models_table import COLUMN, ID_ROLE, ModelsTableModel  # noqa: E402
 from app.ui.models_view import ModelsPanel  # noqa: E402
+from tests.ui_support import run, until
 
 DEFAULT_ID = "smollm2-135m-instruct:q4_1"
 
@@ -43,18 +43,6 @@ def desktop(qapp: object, sb_home: Path, models_dir: Path) -> Iterator[Desktop]:
     d = Desktop(Config(port=0, discovery=False, model_dirs=[str(models_dir)]))
     yield d
     d.close_loop()
-
-
-def run(d: Desktop, coro: object, timeout: float = 120) -> object:
-    return d.run_until_complete(asyncio.wait_for(coro, timeout))  # type: ignore[arg-type]
-
-
-async def until(predicate: Callable[[], object], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
 
 
 def cell(model: ModelsTableModel, model_id: str, column: str) -> str:
