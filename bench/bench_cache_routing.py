@@ -15,7 +15,6 @@ Targets: cache-aware reuses >= 3x the tokens round-robin does, with <= 0.7x its 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import statistics
@@ -24,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import save_results
+
 CONVERSATIONS = int(os.environ.get("SWITCHBOARD_BENCH_CONVERSATIONS", "16"))
 TURNS = int(os.environ.get("SWITCHBOARD_BENCH_TURNS", "6"))
 MAX_TOKENS = 16
@@ -31,7 +32,6 @@ MAX_TOKENS = 16
 # larger than the embedded one need ~100x more KV memory per token, so a real worker cannot keep them all.
 PROMPT_CACHE_BYTES = 64 * 2**20
 STRATEGIES = ("cache_aware", "round_robin", "least_loaded")
-RESULTS = Path(__file__).resolve().parent / "results"
 SYSTEM = "You are a helpful travel assistant for a small agency. Answer concretely and kindly."
 TOPICS = ["Paris", "Rome", "Vienna", "Lisbon", "Prague", "Berlin", "Madrid", "Athens", "Dublin", "Oslo",
           "Zurich", "Krakow", "Porto", "Seville", "Bruges", "Edinburgh"]
@@ -157,10 +157,8 @@ def main() -> bool:
                          f"{r['ttft_p95_ms']:.0f} | {note} |")
     table = "\n".join(lines)
     print(table)
-    RESULTS.mkdir(exist_ok=True)
     header = (f"# Cache-aware routing benchmark\n\n`python -m bench cache_routing`, {time.strftime('%Y-%m-%d')}, "
               f"{CONVERSATIONS} conversations x {TURNS} turns, {MAX_TOKENS} tokens per answer, "
               f"{PROMPT_CACHE_BYTES >> 20} MiB prompt cache per worker, {os.cpu_count()} CPUs\n\n")
-    (RESULTS / "cache_routing.md").write_text(header + table + "\n")
-    (RESULTS / "cache_routing.json").write_text(json.dumps(rows, indent=2))
+    save_results("cache_routing", header + table, rows)
     return all(verdicts)

@@ -21,11 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import save_results
+
 ROUNDS = int(os.environ.get("SWITCHBOARD_BENCH_ROUNDS", "300"))
 WARMUP = 20
 BLOCK = 50
 TARGET_MS = 1.0
-RESULTS = Path(__file__).resolve().parent / "results"
 PARAMS = {"prompt": "The capital of France is", "max_tokens": 1, "temperature": 0}
 
 
@@ -94,12 +95,11 @@ def main() -> bool:
     verdict = f"target p50 overhead <= {TARGET_MS} ms: {'met' if met else 'missed'}"
     print(table)
     print(verdict)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "overhead.md").write_text(
+    save_results(
+        "overhead",
         f"# Server overhead benchmark\n\n`python -m bench overhead`, {time.strftime('%Y-%m-%d')}, {ROUNDS} "
-        f"rounds (alternating blocks of {BLOCK}) of a one-token completion, {os.cpu_count()} CPUs\n\n{table}\n\n{verdict}\n")
-    (RESULTS / "overhead.json").write_text(json.dumps({
-        "rounds": ROUNDS, "direct_p50_ms": p50_direct * 1000, "server_p50_ms": p50_server * 1000,
-        "overhead_p50_ms": overhead_p50, "overhead_p99_ms": overhead_p99, "target_ms": TARGET_MS, "met": met,
-    }, indent=2))
+        f"rounds (alternating blocks of {BLOCK}) of a one-token completion, {os.cpu_count()} CPUs\n\n{table}\n\n{verdict}",
+        {"rounds": ROUNDS, "direct_p50_ms": p50_direct * 1000, "server_p50_ms": p50_server * 1000,
+         "overhead_p50_ms": overhead_p50, "overhead_p99_ms": overhead_p99, "target_ms": TARGET_MS, "met": met},
+    )
     return met

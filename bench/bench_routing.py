@@ -23,7 +23,6 @@ and the round with the lowest p99 is reported (every round's p99 is in the JSON)
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import random
@@ -31,9 +30,10 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from app.core.strategies import STRATEGIES, Outcome, RouteContext, Strategy, Target, build
+
+from bench import save_results
 
 SIZES = (10, 100, 1000)
 DECISIONS = {10: 4000, 100: 4000, 1000: 1000}
@@ -43,7 +43,6 @@ ROUNDS = 5
 TARGET_N = 100
 TARGET_P99_US: dict[str, float] = {}  # per-strategy exceptions (none); the rest: DEFAULT_TARGET_P99_US
 DEFAULT_TARGET_P99_US = 50.0
-RESULTS = Path(__file__).resolve().parent / "results"
 WORDS = (
     "the model answer token cache prompt system user assistant route worker memory latency request stream "
     "python function return value list error check result quick brown fox jumps over lazy dog data table"
@@ -267,11 +266,8 @@ def main() -> bool:
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "elapsed_s": round(elapsed, 1),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "routing.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "routing.md").write_text(
-        f"# Routing decision benchmark\n\n`{result['command']}`, {result['when']}\n\n{table}\n\n{note}\n"
-    )
+    save_results("routing", f"# Routing decision benchmark\n\n`{result['command']}`, {result['when']}\n\n{table}\n\n{note}",
+                 result)
     return bool(result["targets_met"])
 
 

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench import save_results
+
 N_FILES = int(os.environ.get("SWITCHBOARD_BENCH_FILES", "1000"))
 VOCAB = 50_000
 N_TENSORS = 200
@@ -39,7 +41,6 @@ CHAT_TEMPLATE = (
     "{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
-RESULTS = Path(__file__).resolve().parent / "results"
 NAME_FMT = "Bench Model {:06d}"  # fixed width: copies patch it in place
 
 
@@ -199,9 +200,7 @@ def main() -> bool:
     print(table)
     print()
     print(note)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "scan.json").write_text(json.dumps(result, indent=2) + "\n")
-    (RESULTS / "scan.md").write_text(f"# Header scan benchmark\n\n`{result['command']}`, {result['when']}\n\n{table}\n\n{note}\n")
+    save_results("scan", f"# Header scan benchmark\n\n`{result['command']}`, {result['when']}\n\n{table}\n\n{note}", result)
     return bool(result["targets_met"])
 
 

@@ -18,7 +18,6 @@ Target: p99 lag <= 30 ms while streaming and while scanning.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -28,7 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench import save_results
+
 TARGET_P99_MS = 30.0
 PROBE_S = 0.010
 N_FILES = 300
@@ -179,15 +179,15 @@ def main() -> bool:
     verdict = f"target p99 <= {TARGET_P99_MS:.0f} ms while streaming and while scanning: {'met' if met else 'missed'}"
     print(table)
     print(verdict)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "ui_lag.md").write_text(
+    save_results(
+        "ui_lag",
         f"# Desktop event-loop lag\n\n`python -m bench ui_lag`, {time.strftime('%Y-%m-%d')}, Python "
         f"{sys.version.split()[0]}, {os.cpu_count()} CPUs, Qt offscreen; a 10 ms asyncio.sleep probe on the app's "
         f"qasync loop, {SECONDS:.0f} s per phase, the window cycling through its tabs every second\n\n"
-        f"{table}\n\n{verdict}\n")
-    (RESULTS / "ui_lag.json").write_text(json.dumps(
+        f"{table}\n\n{verdict}",
         {"probe_ms": PROBE_S * 1000, "seconds": SECONDS, "files": N_FILES, "target_p99_ms": TARGET_P99_MS,
-         "met": met, **results}, indent=2))
+         "met": met, **results},
+    )
     return met
 
 

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from app.core.capabilities import CHAT, COMPLETION, KNOWN
-from app.core.errors import InvalidRequest, ModelUnavailable, WorkerCrashed
+from app.core.errors import InvalidRequest, ModelUnavailable, SwitchboardError, WorkerCrashed
 
 _PATHS = {"chat": "/chat/completions", "completion": "/completions", "embeddings": "/embeddings"}
 _MAX_REDIRECTS = 3
@@ -190,6 +190,17 @@ class RemoteHandle:
             url = str(target)
         raise ModelUnavailable(f"{self._where()} redirected more than {_MAX_REDIRECTS} times")
 
+    async def _json(self, response: httpx.Response, path: str, error: type[SwitchboardError], what: str) -> Any:
+        """The decoded JSON body of a non-streamed answer; an HTTP error or a broken body raises."""
+        if response.status_code >= 300:
+            await self._fail(response, path)
+        try:
+            return json.loads(await response.aread())
+        except (httpx.HTTPError, ValueError) as exc:
+            raise error(f"{self._where()} sent {what}: {_describe(exc)}") from None
+        finally:
+            await response.aclose()
+
     async def _fail(self, response: httpx.Response, path: str) -> None:
         """Turn an HTTP error status into the matching Switchboard error (the response is closed)."""
         try:
@@ -252,14 +263,7 @@ class RemoteHandle:
     async def _embeddings(self, params: dict[str, Any]) -> dict[str, Any]:
         body = {**params, "model": self.spec.model, "encoding_format": "float"}
         response = await self._send("POST", self.spec.api_base + "/embeddings", json_body=body)
-        if response.status_code >= 300:
-            await self._fail(response, "/embeddings")
-        try:
-            result = json.loads(await response.aread())
-        except (httpx.HTTPError, ValueError) as exc:
-            raise WorkerCrashed(f"{self._where()} sent a broken embeddings response: {_describe(exc)}") from None
-        finally:
-            await response.aclose()
+        result = await self._json(response, "/embeddings", WorkerCrashed, "a broken embeddings response")
         if not isinstance(result, dict) or not isinstance(result.get("data"), list):
             raise ModelUnavailable(f"{self._where()} sent an embeddings response without 'data'")
         return result
@@ -384,14 +388,7 @@ class RemoteHandle:
     async def list_models(self) -> list[str]:
         """The model ids the remote offers (GET /v1/models)."""
         response = await self._send("GET", self.spec.api_base + "/models")
-        if response.status_code >= 300:
-            await self._fail(response, "/models")
-        try:
-            body = json.loads(await response.aread())
-        except (httpx.HTTPError, ValueError) as exc:
-            raise ModelUnavailable(f"{self._where()} sent a broken model list: {_describe(exc)}") from None
-        finally:
-            await response.aclose()
+        body = await self._json(response, "/models", ModelUnavailable, "a broken model list")
         items = body.get("data") if isinstance(body, dict) else None
         if not isinstance(items, list):
             # Ollama's native /api/tags shape is {"models": [...]}; accept it too.
