@@ -170,7 +170,7 @@ class RequestRouter:
             if fallback is None or candidate in exclude:
                 continue
             try:
-                self._check(fallback, request)
+                self._check(fallback, request, now)
             except _Filtered as filtered:
                 first_error = first_error or filtered.error
                 tried.append((candidate, filtered.reason))
@@ -192,7 +192,7 @@ class RequestRouter:
                 filtered.append(Candidate(entry.id, 0.0, True, "failed this request already"))
                 continue
             try:
-                self._check(entry, request)
+                self._check(entry, request, now)
             except _Filtered as f:
                 filtered.append(Candidate(entry.id, 0.0, True, f.reason))
                 errors.append(f.error)
@@ -252,14 +252,13 @@ class RequestRouter:
             ))
         return targets
 
-    def _check(self, entry: ModelEntry, request: RouteRequest) -> None:
+    def _check(self, entry: ModelEntry, request: RouteRequest, now: float) -> None:
         """Raise _Filtered when `entry` cannot take `request`, with the reason and the error to give."""
         if not entry.enabled:
             raise _Filtered("disabled", ModelNotFound(f"The model '{entry.id}' is disabled", param="model"))
         if entry.missing:
             raise _Filtered("files missing",
                             ModelUnavailable(f"The files of model '{entry.id}' are missing: {entry.path}"))
-        now = self._clock()
         if not self._health.allow(entry.id, now, claim=False):
             why = self._health.reason(entry.id) or entry.health_reason or "failing"
             raise _Filtered(f"unhealthy: {why}",
