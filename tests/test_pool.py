@@ -155,3 +155,41 @@ async def test_a_model_that_cannot_load_is_unhealthy_with_the_reason(sb_home: Pa
             await engine.pool.acquire(entry)
         assert entry.health is Health.UNHEALTHY and "failed to load" in entry.health_reason
         assert engine.pool.loaded() == []
+
+
+@pytest.mark.parametrize(("cores", "workers", "configured", "share"), [
+    (8, 1, None, (4, 8)),  # alone: llama.cpp's defaults (half the cores generate, all read prompts)
+    (8, 2, None, (4, 4)),
+    (8, 3, None, (2, 2)),
+    (2, 2, None, (1, 1)),
+    (2, 5, None, (1, 1)),  # more workers than cores: one thread each, never zero
+    (1, 1, None, (1, 1)),
+    (8, 0, None, (4, 8)),
+    (8, 4, 3, (3, 3)),  # the user's setting wins
+])
+def test_thread_share_never_asks_for_more_threads_than_cores(
+        cores: int, workers: int, configured: int | None, share: tuple[int, int]) -> None:
+    from app.core.pool import thread_share
+
+    assert thread_share(cores, workers, configured) == share
+
+
+async def test_workers_share_the_cores_and_take_a_new_share_when_one_leaves(sb_home: Path) -> None:
+    from app.core.pool import cpu_cores, thread_share
+
+    cores = cpu_cores()
+    async with running() as engine:
+        engine.registry.set_options(DEFAULT_ID, replicas=2)
+        entry = engine.registry.get(DEFAULT_ID)
+        first = await engine.pool.acquire(entry, 0)
+        assert first.threads == thread_share(cores, 1)
+        second = await engine.pool.acquire(entry, 1)
+        assert first.threads == second.threads == thread_share(cores, 2)
+        for handle in (first, second):  # the worker process runs its next job with that share
+            done = [m async for m in handle.run("completion", {"prompt": "Hello", "max_tokens": 1})][-1]
+            assert tuple(done["threads"]) == thread_share(cores, 2)
+        assert second.pid is not None
+        os.kill(second.pid, signal.SIGKILL)
+        await wait_for(lambda: first.threads == thread_share(cores, 1))
+        done = [m async for m in first.run("completion", {"prompt": "Hello", "max_tokens": 1})][-1]
+        assert tuple(done["threads"]) == thread_share(cores, 1)

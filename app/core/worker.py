@@ -55,6 +55,8 @@ class WorkerHandle:
         self._reader_task: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Queue[dict[str, Any]]] = {}
         self._stopping = False
+        # (generation, prompt) threads its jobs run with, set by the pool; None: llama.cpp's defaults.
+        self.threads: tuple[int, int] | None = None
         # Called once when the process is gone; `expected` is False for a crash.
         self.on_exit: Callable[[WorkerHandle, bool], None] | None = None
 
@@ -113,7 +115,7 @@ class WorkerHandle:
         self.in_flight += 1
         finished = False
         try:
-            self._send({"op": op, "id": job_id, "params": params})
+            self._send({"op": op, "id": job_id, "params": params, "threads": self.threads})
             while True:
                 message = await inbox.get()
                 kind = message.get("type")

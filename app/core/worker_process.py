@@ -75,6 +75,12 @@ class MeteredLlama(Llama):
             stats["first_eval"] = len(tokens)
         super().eval(tokens)
 
+    def use_threads(self, generation: int, prompt: int) -> None:
+        """Change the threads llama.cpp decodes with (the pool shares the CPU among its workers)."""
+        if (generation, prompt) != (self.n_threads, self.n_threads_batch):
+            llama_cpp.llama_set_n_threads(self._ctx.ctx, generation, prompt)
+            self.n_threads, self.n_threads_batch = generation, prompt
+
     def usage(self) -> dict[str, int]:
         stats = getattr(self, "request_stats", None) or {"prompt_tokens": 0, "first_eval": 0, "completion_tokens": 0}
         prompt = stats["prompt_tokens"]
@@ -152,6 +158,8 @@ class Worker:
     def _run(self, job: dict[str, Any]) -> None:
         assert self.llm is not None
         job_id, op, params = job["id"], job["op"], job.get("params", {})
+        if job.get("threads"):
+            self.llm.use_threads(*job["threads"])
         if op == "embeddings":
             result = self.llm.create_embedding(**params)
             self.send({"id": job_id, "type": "done", "result": result})
@@ -169,7 +177,8 @@ class Worker:
                 finish_reason = "cancelled"
                 break
             self.send({"id": job_id, "type": "chunk", "data": chunk})
-        self.send({"id": job_id, "type": "done", "finish_reason": finish_reason, "usage": self.llm.usage()})
+        self.send({"id": job_id, "type": "done", "finish_reason": finish_reason, "usage": self.llm.usage(),
+                   "threads": [self.llm.n_threads, self.llm.n_threads_batch]})
         # After the answer is sent: saving the state is not on the client's time.
         self.llm.save_state_to_cache()
 
