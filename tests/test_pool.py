@@ -193,3 +193,56 @@ async def test_workers_share_the_cores_and_take_a_new_share_when_one_leaves(sb_h
         await wait_for(lambda: first.threads == thread_share(cores, 1))
         done = [m async for m in first.run("completion", {"prompt": "Hello", "max_tokens": 1})][-1]
         assert tuple(done["threads"]) == thread_share(cores, 1)
+
+
+async def test_without_a_gpu_models_load_on_the_cpu_and_pressure_is_ram(sb_home: Path) -> None:
+    from app.core import gpu
+
+    assert gpu.devices() is None, "this test is the no-GPU path"
+    async with running() as engine:
+        entry = engine.registry.get(DEFAULT_ID)
+        handle = await engine.pool.acquire(entry)
+        assert handle.spec.n_gpu_layers == 0
+        assert engine.pool.free_vram() is None
+        rss = engine.pool.sample_memory()[DEFAULT_ID]
+        assert engine.pool.pressure(DEFAULT_ID) == pytest.approx(rss / engine.pool.budget)
+        view = next(v for v in engine.pool.loaded() if v.key == DEFAULT_ID)
+        assert (view.vram_bytes, view.gpu_layers) == (0, 0)
+
+
+async def test_with_a_gpu_a_model_that_fits_is_offloaded_and_its_vram_counts(
+        sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # NVML and an NVIDIA card cannot exist here: these three functions stand in for them. The worker is real
+    # (a CPU-only llama.cpp accepts n_gpu_layers and runs on the CPU).
+    from app.core import gpu, memory
+
+    total, used = 16 << 30, 1 << 30
+    reported: dict[int, int] = {}
+    monkeypatch.setattr(gpu, "devices", lambda: [gpu.GpuMemory(0, "Test GPU", total, used + sum(reported.values()))])
+    monkeypatch.setattr(gpu, "offload_supported", lambda: True)
+    monkeypatch.setattr(gpu, "process_memory", lambda pids: {p: v for p, v in reported.items() if p in set(pids)})
+    async with running() as engine:
+        entry = engine.registry.get(DEFAULT_ID)
+        cpu_only = memory.place(entry.metadata, memory.context_for(entry.metadata, 2048), free_vram=None)
+        assert engine.pool.free_vram() == total - used
+        planned = engine.pool.placement(entry)
+        assert planned.gpu_layers == memory.ALL_LAYERS
+        assert engine.pool.estimate(entry) == planned.ram_bytes < cpu_only.ram_bytes  # the weights left RAM
+        handle = await engine.pool.acquire(entry)
+        assert handle.spec.n_gpu_layers == memory.ALL_LAYERS
+        # Placed but not yet measured: a second model would see its VRAM as taken already.
+        assert engine.pool.free_vram() == total - used - planned.vram_bytes
+        text, _ = await collect(engine, DEFAULT_ID, "chat", CHAT)
+        assert "Paris" in text
+        assert handle.pid is not None
+        reported[handle.pid] = 12 << 30  # most of the card: pressure follows VRAM, not the small RSS
+        engine.pool.sample_memory()
+        assert engine.pool.vram_of(DEFAULT_ID) == 12 << 30
+        assert engine.pool.pressure(DEFAULT_ID) == pytest.approx(12 / 16)
+        view = next(v for v in engine.pool.loaded() if v.key == DEFAULT_ID)
+        assert (view.vram_bytes, view.gpu_layers) == (12 << 30, memory.ALL_LAYERS)
+        assert engine.pool.free_vram() == total - used - (12 << 30)
+        await engine.pool.unload(DEFAULT_ID)
+        reported.clear()
+        engine.pool.sample_memory()
+        assert engine.pool.free_vram() == total - used, "an unloaded model's VRAM is free again"

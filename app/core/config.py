@@ -29,6 +29,8 @@ class Config:
     # Context size a model is loaded with, capped at the model's trained context.
     n_ctx: int = 4096
     n_threads: int | None = None
+    # Layers llama.cpp puts on the GPU: None decides from the free VRAM NVML reports; -1 all; 0 none.
+    n_gpu_layers: int | None = None
     # Each worker keeps recent conversations' llama.cpp state so the next turn reuses its prefix.
     prompt_cache_bytes: int = 256 * 1024 * 1024
     max_body_bytes: int = 8 * 1024 * 1024

@@ -66,3 +66,18 @@ def process_memory(pids: Iterable[int]) -> dict[int, int]:
             if proc.pid in wanted and proc.usedGpuMemory:
                 used[proc.pid] = used.get(proc.pid, 0) + int(proc.usedGpuMemory)
     return used
+
+
+def offload_supported() -> bool:
+    """Whether this llama.cpp build can put layers on a GPU (a CPU-only wheel cannot, even beside an NVIDIA card).
+
+    Asked only once a GPU was found, so machines without one never load llama.cpp in the server process."""
+    with _lock:
+        if "offload" not in _state:
+            try:
+                import llama_cpp
+
+                _state["offload"] = bool(llama_cpp.llama_supports_gpu_offload())
+            except Exception:  # no usable library: the workers will say so when they load
+                _state["offload"] = False
+        return bool(_state["offload"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 # llama.cpp's compute buffers and runtime; measured around 40-60 MiB for small models on CPU.
@@ -29,3 +30,45 @@ def kv_cache_bytes(meta: Mapping[str, Any], n_ctx: int) -> int:
 def estimate_bytes(meta: Mapping[str, Any], n_ctx: int, *, prompt_cache_bytes: int = 0) -> int:
     """Weights (the file size) + KV cache at `n_ctx` + runtime + the worker's prompt cache."""
     return int(meta.get("size") or 0) + kv_cache_bytes(meta, n_ctx) + RUNTIME_OVERHEAD + prompt_cache_bytes
+
+
+ALL_LAYERS = -1  # llama.cpp's n_gpu_layers for "every layer, and the output layer too"
+VRAM_HEADROOM = 512 * 1024 * 1024  # left free on the GPU: CUDA's context, compute buffers, the desktop
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where a model's memory goes: how many layers llama.cpp offloads, and the bytes that takes from each side."""
+
+    gpu_layers: int  # llama.cpp's n_gpu_layers: 0 (CPU only), N, or ALL_LAYERS
+    ram_bytes: int
+    vram_bytes: int
+
+
+def place(meta: Mapping[str, Any], n_ctx: int, *, prompt_cache_bytes: int = 0, free_vram: int | None = None,
+          configured_layers: int | None = None) -> Placement:
+    """Split a model between RAM and a GPU with `free_vram` bytes free (None: no GPU llama.cpp can use).
+
+    Unconfigured, as Ollama does: every layer when the weights and KV cache fit beside VRAM_HEADROOM, else as many
+    whole layers as do (each layer holds about 1/block_count of the weights and of the KV cache), else none.
+    Offloaded layers leave RAM; the prompt cache (host copies of KV states) and the runtime stay there."""
+    total = estimate_bytes(meta, n_ctx, prompt_cache_bytes=prompt_cache_bytes)
+    layers = int(meta.get("block_count") or 0)
+    if configured_layers == 0 or (configured_layers is None and (free_vram is None or layers <= 0)):
+        return Placement(0, total, 0)
+    if free_vram is None or layers <= 0:
+        # A GPU NVML cannot see (Metal, ROCm) or a model of unknown shape: llama.cpp gets the setting, and every
+        # byte stays counted against RAM, since nothing says how much moved.
+        return Placement(ALL_LAYERS if configured_layers < 0 else configured_layers, total, 0)
+    offloadable = int(meta.get("size") or 0) + kv_cache_bytes(meta, n_ctx)
+    per_layer = offloadable / layers
+    if configured_layers is not None:
+        count = layers if configured_layers < 0 else min(configured_layers, layers)
+    elif offloadable + RUNTIME_OVERHEAD + VRAM_HEADROOM <= free_vram:
+        count = layers
+    else:
+        count = max(0, min(layers, int((free_vram - RUNTIME_OVERHEAD - VRAM_HEADROOM) // max(per_layer, 1))))
+    if count == 0:
+        return Placement(0, total, 0)
+    moved = offloadable if count == layers else int(per_layer * count)
+    return Placement(ALL_LAYERS if count == layers else count, total - moved, moved + RUNTIME_OVERHEAD)

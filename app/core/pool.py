@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from app.core import capabilities as caps
-from app.core import eviction, memory
+from app.core import eviction, gpu, memory
 from app.core.config import Config
 from app.core.errors import InsufficientMemory, ModelUnavailable
 from app.core.paths import data_dir
@@ -67,6 +67,8 @@ class LoadedModel:
     in_flight: int
     pinned: bool
     idle_s: float
+    vram_bytes: int = 0  # measured through NVML; 0 without an NVIDIA GPU
+    gpu_layers: int = 0  # llama.cpp's n_gpu_layers it was loaded with (-1: all)
 
 
 class ModelPool:
@@ -83,6 +85,11 @@ class ModelPool:
         self._pinned: set[str] = set(store.get_setting("pinned", []))
         self._reaper: asyncio.Task[None] | None = None
         self._rss: dict[str, int] = {}
+        # Where each local worker's memory went (RAM / VRAM), decided when it loaded.
+        self._placements: dict[str, memory.Placement] = {}
+        # NVIDIA GPUs and each worker's VRAM, as last sampled; None where NVML finds no GPU (then never asked again).
+        self._gpus: list[gpu.GpuMemory] | None = gpu.devices() or None
+        self._vram: dict[str, int] = {}
         # Told the worker key whenever a worker process ends (its caches, and what routing knew of them, are gone).
         self.on_worker_gone: Callable[[str], None] | None = None
         self.budget = config.memory_budget_bytes or int(psutil.virtual_memory().total * config.memory_budget_fraction)
@@ -92,7 +99,8 @@ class ModelPool:
         now = time.monotonic()
         views = [
             LoadedModel(key, w.model_id, w.replica, w.pid, "loaded", self._estimates.get(key, 0), w.rss(),
-                        w.in_flight, w.model_id in self._pinned, now - w.last_used)
+                        w.in_flight, w.model_id in self._pinned, now - w.last_used, self._vram.get(key, 0),
+                        self._placements[key].gpu_layers if key in self._placements else 0)
             for key, w in self._workers.items()
         ]
         views += [LoadedModel(key, mid, replica, None, "loading", self._estimates.get(key, 0), 0, 0,
@@ -107,8 +115,32 @@ class ModelPool:
         return model_id in self._pinned
 
     def estimate(self, entry: ModelEntry) -> int:
-        return memory.estimate_bytes(entry.metadata, memory.context_for(entry.metadata, self._config.n_ctx),
-                                     prompt_cache_bytes=self._config.prompt_cache_bytes)
+        """RAM the model takes (what the memory budget counts): all of it on CPU, less what a GPU holds."""
+        return self.placement(entry).ram_bytes
+
+    def placement(self, entry: ModelEntry) -> memory.Placement:
+        """How a model is (when loaded) or would be (now) split between RAM and the GPU."""
+        return self._placements.get(worker_key(entry.id)) or self._place(entry)
+
+    def _place(self, entry: ModelEntry) -> memory.Placement:
+        return memory.place(entry.metadata, memory.context_for(entry.metadata, self._config.n_ctx),
+                            prompt_cache_bytes=self._config.prompt_cache_bytes, free_vram=self.free_vram(),
+                            configured_layers=self._config.n_gpu_layers)
+
+    def free_vram(self) -> int | None:
+        """Free bytes on the roomiest GPU llama.cpp can use, less what workers placed since the last sample will
+        take; None without one (no NVIDIA GPU, or a CPU-only llama.cpp build)."""
+        if not self._gpus or not gpu.offload_supported():
+            return None
+        free = max(d.total_bytes - d.used_bytes for d in self._gpus)
+        pending = sum(p.vram_bytes for key, p in self._placements.items() if key not in self._vram)
+        return max(0, free - pending)
+
+    def pressure(self, key: str) -> float:
+        """0..1: the worker's RSS against the memory budget, or its VRAM against its GPU, whichever is higher."""
+        ram = self._rss.get(key, 0) / max(1, self.budget)
+        vram = self._vram.get(key, 0) / max(d.total_bytes for d in self._gpus) if self._gpus and self._vram else 0.0
+        return min(1.0, max(ram, vram))
 
     def fits(self, entry: ModelEntry) -> bool:
         return self.estimate(entry) <= self.budget
@@ -124,8 +156,15 @@ class ModelPool:
         """The worker's resident memory as last sampled (reading it per request would cost a syscall each)."""
         return self._rss.get(key, 0)
 
+    def vram_of(self, key: str) -> int:
+        return self._vram.get(key, 0)
+
     def sample_memory(self) -> dict[str, int]:
         self._rss = {key: w.rss() for key, w in self._workers.items()}
+        if self._gpus is not None:
+            self._gpus = gpu.devices() or self._gpus
+            by_pid = {w.pid: key for key, w in self._workers.items() if isinstance(w, WorkerHandle) and w.pid}
+            self._vram = {by_pid[pid]: used for pid, used in gpu.process_memory(by_pid).items() if pid in by_pid}
         return self._rss
 
     # -- actions ---------------------------------------------------------------------------
@@ -156,7 +195,8 @@ class ModelPool:
         if entry.missing:
             raise ModelUnavailable(f"The files of model '{entry.id}' are missing: {entry.path}")
         key = worker_key(entry.id, replica)
-        need = self.estimate(entry)
+        placed = self._place(entry)
+        need = placed.ram_bytes
         async with self._admission:
             victims = eviction.choose_evictions(self._residents(exclude=key), need, self.budget)
             if victims is None:
@@ -167,11 +207,13 @@ class ModelPool:
             for victim in victims:
                 await self._stop(victim)
             self._estimates[key] = need
+            self._placements[key] = placed
         self._registry.set_health(entry.id, Health.LOADING)
         spec = LoadSpec(
             model_path=entry.path,
             n_ctx=memory.context_for(entry.metadata, self._config.n_ctx),
             n_threads=self._config.n_threads,
+            n_gpu_layers=placed.gpu_layers,
             embedding=caps.EMBEDDINGS in entry.capabilities,
             prompt_cache_bytes=self._config.prompt_cache_bytes,
         )
@@ -182,17 +224,23 @@ class ModelPool:
         try:
             await handle.start(self._config.load_timeout_s)
         except ModelUnavailable as exc:
-            self._estimates.pop(key, None)
+            self._release(key)
             self._registry.set_health(entry.id, Health.UNHEALTHY, exc.message)
             raise
         except BaseException:
-            self._estimates.pop(key, None)
+            self._release(key)
             await handle.stop()
             raise
         self._workers[key] = handle
         self._share_threads()
         self._registry.set_health(entry.id, Health.HEALTHY)
         return handle
+
+    def _release(self, key: str) -> None:
+        """Forget the memory a worker was counted for (it stopped, or never started)."""
+        self._estimates.pop(key, None)
+        self._placements.pop(key, None)
+        self._vram.pop(key, None)
 
     def _share_threads(self) -> None:
         """Give every local worker its share of the CPU; called whenever one starts or ends. A job already
@@ -208,7 +256,7 @@ class ModelPool:
             self.on_worker_gone(key)
         if self._workers.get(key) is handle:
             del self._workers[key]
-            self._estimates.pop(key, None)
+            self._release(key)
             self._share_threads()
         if not expected:
             self._registry.set_health(handle.model_id, Health.UNHEALTHY, handle.dead_reason)
@@ -227,7 +275,7 @@ class ModelPool:
 
     async def _stop(self, key: str) -> None:
         handle = self._workers.pop(key, None)
-        self._estimates.pop(key, None)
+        self._release(key)
         if handle is not None:
             self._share_threads()
             await handle.stop()

@@ -234,7 +234,6 @@ class RequestRouter:
                                detail=selection.detail, target=chosen, context=ctx)
 
     def _targets(self, entry: ModelEntry, request: RouteRequest) -> list[Target]:
-        budget = max(1, self._pool.budget)
         quota_left = self._quota.remaining_fraction(entry.id, request.api_key_id)
         degraded = entry.health is Health.DEGRADED
         targets = []
@@ -246,7 +245,7 @@ class RequestRouter:
             targets.append(Target(
                 key=key, model_id=entry.id, replica=replica,
                 in_flight=handle.in_flight if handle is not None else 0,
-                memory_pressure=min(1.0, self._pool.memory_of(key) / budget) if loaded else 0.0,
+                memory_pressure=self._pool.pressure(key) if loaded else 0.0,
                 loaded=loaded, degraded=degraded, weight=entry.weight, quota_left=quota_left,
                 ttft_s=latency.ttft_s, tpot_s=latency.tpot_s, latency_samples=latency.samples,
             ))

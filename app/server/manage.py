@@ -30,7 +30,8 @@ from app.server.schemas import (
 def model_info(engine: Engine, entry: ModelEntry) -> dict[str, Any]:
     workers = [
         {"replica": w.replica, "pid": w.pid, "state": w.state, "memory_bytes": engine.pool.memory_of(w.key),
-         "in_flight": w.in_flight, "idle_s": round(w.idle_s, 1)}
+         "vram_bytes": w.vram_bytes, "gpu_layers": w.gpu_layers, "in_flight": w.in_flight,
+         "idle_s": round(w.idle_s, 1)}
         for w in engine.pool.loaded() if w.model_id == entry.id
     ]
     remote = None if entry.remote is None else {k: v for k, v in entry.remote.items() if k != "api_key"}
@@ -86,8 +87,9 @@ def routes(engine: Engine) -> APIRouter:
     @router.get("/models/{model_id:path}/estimate")
     async def estimate(model_id: str) -> dict[str, Any]:
         entry = registry.resolve(model_id)
-        return {"estimate_bytes": engine.pool.estimate(entry), "budget_bytes": engine.pool.budget,
-                "fits": engine.pool.fits(entry)}
+        placed = engine.pool.placement(entry)
+        return {"estimate_bytes": placed.ram_bytes, "vram_bytes": placed.vram_bytes, "gpu_layers": placed.gpu_layers,
+                "budget_bytes": engine.pool.budget, "fits": engine.pool.fits(entry)}
 
     @router.post("/models/{model_id:path}/load")
     async def load(model_id: str) -> dict[str, Any]:
