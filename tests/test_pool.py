@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -195,6 +196,31 @@ async def test_workers_share_the_cores_and_take_a_new_share_when_one_leaves(sb_h
         assert tuple(done["threads"]) == thread_share(cores, 1)
 
 
+@dataclasses.dataclass
+class FakeGpu:
+    """What NVML would report of one GPU: its size, memory other programs use, and each process's use."""
+
+    total: int
+    others: int = 0
+    reported: dict[int, int] = dataclasses.field(default_factory=dict)  # pid -> bytes
+
+    def live(self) -> dict[int, int]:
+        return {pid: used for pid, used in self.reported.items() if psutil.pid_exists(pid)}
+
+
+def fake_gpu(monkeypatch: pytest.MonkeyPatch, total: int, others: int = 0) -> FakeGpu:
+    """NVML and an NVIDIA card cannot exist here: app.core.gpu's three functions read a FakeGpu instead. Workers
+    stay real (a CPU-only llama.cpp accepts n_gpu_layers and runs on the CPU). Install it before the engine."""
+    from app.core import gpu
+
+    card = FakeGpu(total, others)
+    monkeypatch.setattr(gpu, "devices", lambda: [
+        gpu.GpuMemory(0, "Test GPU", card.total, card.others + sum(card.live().values()))])
+    monkeypatch.setattr(gpu, "offload_supported", lambda: True)
+    monkeypatch.setattr(gpu, "process_memory", lambda pids: {p: v for p, v in card.live().items() if p in set(pids)})
+    return card
+
+
 async def test_without_a_gpu_models_load_on_the_cpu_and_pressure_is_ram(sb_home: Path) -> None:
     from app.core import gpu
 
@@ -212,15 +238,10 @@ async def test_without_a_gpu_models_load_on_the_cpu_and_pressure_is_ram(sb_home:
 
 async def test_with_a_gpu_a_model_that_fits_is_offloaded_and_its_vram_counts(
         sb_home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # NVML and an NVIDIA card cannot exist here: these three functions stand in for them. The worker is real
-    # (a CPU-only llama.cpp accepts n_gpu_layers and runs on the CPU).
-    from app.core import gpu, memory
+    from app.core import memory
 
     total, used = 16 << 30, 1 << 30
-    reported: dict[int, int] = {}
-    monkeypatch.setattr(gpu, "devices", lambda: [gpu.GpuMemory(0, "Test GPU", total, used + sum(reported.values()))])
-    monkeypatch.setattr(gpu, "offload_supported", lambda: True)
-    monkeypatch.setattr(gpu, "process_memory", lambda pids: {p: v for p, v in reported.items() if p in set(pids)})
+    card = fake_gpu(monkeypatch, total, used)
     async with running() as engine:
         entry = engine.registry.get(DEFAULT_ID)
         cpu_only = memory.place(entry.metadata, memory.context_for(entry.metadata, 2048), free_vram=None)
@@ -235,7 +256,7 @@ async def test_with_a_gpu_a_model_that_fits_is_offloaded_and_its_vram_counts(
         text, _ = await collect(engine, DEFAULT_ID, "chat", CHAT)
         assert "Paris" in text
         assert handle.pid is not None
-        reported[handle.pid] = 12 << 30  # most of the card: pressure follows VRAM, not the small RSS
+        card.reported[handle.pid] = 12 << 30  # most of the card: pressure follows VRAM, not the small RSS
         engine.pool.sample_memory()
         assert engine.pool.vram_of(DEFAULT_ID) == 12 << 30
         assert engine.pool.pressure(DEFAULT_ID) == pytest.approx(12 / 16)
@@ -243,6 +264,40 @@ async def test_with_a_gpu_a_model_that_fits_is_offloaded_and_its_vram_counts(
         assert (view.vram_bytes, view.gpu_layers) == (12 << 30, memory.ALL_LAYERS)
         assert engine.pool.free_vram() == total - used - (12 << 30)
         await engine.pool.unload(DEFAULT_ID)
-        reported.clear()
         engine.pool.sample_memory()
         assert engine.pool.free_vram() == total - used, "an unloaded model's VRAM is free again"
+
+
+async def test_an_idle_model_leaves_the_gpu_for_one_that_would_not_fit_beside_it(
+        sb_home: Path, tmp_path: Path, default_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.core import memory
+
+    folder = tmp_path / "models"
+    folder.mkdir()
+    try:
+        os.link(default_model, folder / "other-135m.Q4_1.gguf")
+    except OSError:
+        shutil.copy(default_model, folder / "other-135m.Q4_1.gguf")
+    card = fake_gpu(monkeypatch, total=8 << 30)
+    async with running(model_dirs=[str(folder)]) as engine:
+        first, second = engine.registry.resolve(DEFAULT_ID), engine.registry.resolve("other-135m:q4_1")
+        whole = memory.place(first.metadata, memory.context_for(first.metadata, 2048), free_vram=0,
+                             configured_layers=memory.ALL_LAYERS).vram_bytes
+        card.others = card.total - whole - memory.VRAM_HEADROOM - whole // 2  # room for one of them, not both
+        engine.pool.sample_memory()
+        a = await engine.pool.acquire(first)
+        assert a.spec.n_gpu_layers == memory.ALL_LAYERS
+        assert a.pid is not None
+        card.reported[a.pid] = whole
+        engine.pool.sample_memory()
+        assert engine.pool.placement(second).gpu_layers != memory.ALL_LAYERS, "it does not fit beside the first"
+
+        engine.pool.pin(first.id)  # a pinned model stays: the second runs partly or wholly on the CPU
+        b = await engine.pool.acquire(second)
+        assert b.spec.n_gpu_layers != memory.ALL_LAYERS and a.alive
+        await engine.pool.unload(second.id)
+        engine.pool.pin(first.id, False)
+
+        b = await engine.pool.acquire(second)  # idle and unpinned: the first gives its VRAM back
+        assert b.spec.n_gpu_layers == memory.ALL_LAYERS
+        assert not a.alive and [m.model_id for m in engine.pool.loaded()] == [second.id]

@@ -122,10 +122,12 @@ class ModelPool:
         """How a model is (when loaded) or would be (now) split between RAM and the GPU."""
         return self._placements.get(worker_key(entry.id)) or self._place(entry)
 
-    def _place(self, entry: ModelEntry) -> memory.Placement:
+    def _place(self, entry: ModelEntry, *, whole: bool = False) -> memory.Placement:
+        """Its placement now, or (`whole`) with every layer on the GPU."""
         return memory.place(entry.metadata, memory.context_for(entry.metadata, self._config.n_ctx),
-                            prompt_cache_bytes=self._config.prompt_cache_bytes, free_vram=self.free_vram(),
-                            configured_layers=self._config.n_gpu_layers)
+                            prompt_cache_bytes=self._config.prompt_cache_bytes,
+                            free_vram=0 if whole else self.free_vram(),
+                            configured_layers=memory.ALL_LAYERS if whole else self._config.n_gpu_layers)
 
     def free_vram(self) -> int | None:
         """Free bytes on the roomiest GPU llama.cpp can use, less what workers placed since the last sample will
@@ -195,9 +197,9 @@ class ModelPool:
         if entry.missing:
             raise ModelUnavailable(f"The files of model '{entry.id}' are missing: {entry.path}")
         key = worker_key(entry.id, replica)
-        placed = self._place(entry)
-        need = placed.ram_bytes
         async with self._admission:
+            placed = await self._make_room_on_gpu(entry, key)
+            need = placed.ram_bytes
             victims = eviction.choose_evictions(self._residents(exclude=key), need, self.budget)
             if victims is None:
                 raise InsufficientMemory(
@@ -235,6 +237,29 @@ class ModelPool:
         self._share_threads()
         self._registry.set_health(entry.id, Health.HEALTHY)
         return handle
+
+    async def _make_room_on_gpu(self, entry: ModelEntry, key: str) -> memory.Placement:
+        """Where `entry` goes; when it would not fit wholly on the GPU, first unload the least recently used idle
+        models holding VRAM if that makes it fit (as Ollama does), rather than run it partly on the CPU."""
+        placed = self._place(entry)
+        free = self.free_vram()
+        if placed.gpu_layers == memory.ALL_LAYERS or free is None or self._config.n_gpu_layers is not None:
+            return placed
+        on_gpu = [
+            eviction.Resident(k, self._vram.get(k) or self._placements[k].vram_bytes, w.last_used, busy=w.busy,
+                              pinned=w.model_id in self._pinned)
+            for k, w in self._workers.items()
+            if k != key and k in self._placements and (self._vram.get(k) or self._placements[k].vram_bytes)
+        ]
+        reclaimable = free + sum(r.bytes for r in on_gpu)
+        need = self._place(entry, whole=True).vram_bytes + memory.VRAM_HEADROOM
+        victims = eviction.choose_evictions(on_gpu, need, reclaimable)
+        if not victims:
+            return placed
+        for victim in victims:
+            await self._stop(victim)
+        self.sample_memory()  # the stopped processes' VRAM shows as free now
+        return self._place(entry)
 
     def _release(self, key: str) -> None:
         """Forget the memory a worker was counted for (it stopped, or never started)."""
