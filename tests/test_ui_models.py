@@ -165,9 +165,23 @@ def test_details_show_gguf_metadata_and_whether_it_fits(desktop: Desktop, qtbot:
     text = panel.details.toPlainText()
     assert "GGUF metadata" in text and "qwen2" in text and "32,768" in text and "Q8_0" in text
     assert "fits" in text and "won't fit" not in text
+    assert "GPU:" not in text, "no GPU here: nothing is offloaded"
     engine.pool.budget = 1024
     assert panel.select(DEFAULT_ID)
     assert "won't fit" in panel.details.toPlainText()
+
+
+def test_details_say_what_goes_to_the_gpu(desktop: Desktop) -> None:
+    from app.server.manage import model_info
+    from app.ui.models_view import details_html
+
+    engine = desktop.engine
+    run(desktop, engine.rescan())
+    info = model_info(engine, engine.registry.get(DEFAULT_ID))
+    assert info["gpu_layers"] == 0 and info["vram_bytes"] == 0
+    whole = details_html({**info, "gpu_layers": -1, "vram_bytes": 200 * 2**20}, engine.pool.budget)
+    assert "GPU: every layer (about 200.0 MiB of VRAM)" in whole
+    assert "GPU: 12 layers" in details_html({**info, "gpu_layers": 12, "vram_bytes": 0}, engine.pool.budget)
 
 
 def test_add_folder_rescans_with_a_progress_bar(desktop: Desktop, qtbot: object, tmp_path: Path,

@@ -61,11 +61,19 @@ def model_info(engine: Engine, entry: ModelEntry) -> dict[str, Any]:
         "state": "loaded" if any(w["state"] == "loaded" for w in workers)
         else "loading" if workers else "unloaded",
         "workers": workers,
-        "estimate_bytes": None if entry.is_remote else engine.pool.estimate(entry),
+        **_placement(engine, entry),
         "fits": True if entry.is_remote else engine.pool.fits(entry),
         "quota": engine.quota.usage(f"model:{entry.id}"),
         "remote": remote,
     }
+
+
+def _placement(engine: Engine, entry: ModelEntry) -> dict[str, Any]:
+    """RAM it takes (what the budget counts), and what goes to the GPU; nothing local for a remote backend."""
+    if entry.is_remote:
+        return {"estimate_bytes": None, "vram_bytes": 0, "gpu_layers": 0}
+    placed = engine.pool.placement(entry)
+    return {"estimate_bytes": placed.ram_bytes, "vram_bytes": placed.vram_bytes, "gpu_layers": placed.gpu_layers}
 
 
 def routes(engine: Engine) -> APIRouter:
@@ -87,9 +95,7 @@ def routes(engine: Engine) -> APIRouter:
     @router.get("/models/{model_id:path}/estimate")
     async def estimate(model_id: str) -> dict[str, Any]:
         entry = registry.resolve(model_id)
-        placed = engine.pool.placement(entry)
-        return {"estimate_bytes": placed.ram_bytes, "vram_bytes": placed.vram_bytes, "gpu_layers": placed.gpu_layers,
-                "budget_bytes": engine.pool.budget, "fits": engine.pool.fits(entry)}
+        return {**_placement(engine, entry), "budget_bytes": engine.pool.budget, "fits": engine.pool.fits(entry)}
 
     @router.post("/models/{model_id:path}/load")
     async def load(model_id: str) -> dict[str, Any]:

@@ -383,6 +383,10 @@ def details_html(info: dict[str, Any], budget: int) -> str:
                    else "<b style='color:#c62828'>won't fit</b>")
         parts.append(f"<p>Memory estimate: <b>{human_bytes(info['estimate_bytes'])}</b> of a "
                      f"{human_bytes(budget)} budget — {verdict}</p>")
+        if info["gpu_layers"]:
+            layers = "every layer" if info["gpu_layers"] < 0 else f"{info['gpu_layers']} layers"
+            vram = f" (about {human_bytes(info['vram_bytes'])} of VRAM)" if info["vram_bytes"] else ""
+            parts.append(f"<p>GPU: {layers}{vram}</p>")
     flags = [f for f, on in (("enabled", info["enabled"]), ("disabled", not info["enabled"]),
                              ("default", info["default"]), ("pinned", info["pinned"]),
                              ("files missing", info["missing"])) if on]
