@@ -36,8 +36,8 @@ def thread_share(cores: int, workers: int, configured: int | None = None) -> tup
     """(generation, prompt) threads for each of `workers` local worker processes on `cores` CPUs.
 
     Together they never ask for more threads than there are cores: ggml's threads spin while they wait for each
-    other, so two busy workers that each take every core run ~2.6x slower per request than with one core each
-    (measured, 2 workers of the default model on 2 cores). One worker alone keeps llama.cpp's defaults: half the
+    other, so two busy workers that each take every core ran 1.7-3.9x slower per request than with their share
+    (`python -m bench threads`, 2 cores). One worker alone keeps llama.cpp's defaults: half the
     cores to generate, all of them to read a prompt. A configured count is used as given, for both."""
     if configured:
         return configured, configured
