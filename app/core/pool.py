@@ -246,10 +246,8 @@ class ModelPool:
         if placed.gpu_layers == memory.ALL_LAYERS or free is None or self._config.n_gpu_layers is not None:
             return placed
         on_gpu = [
-            eviction.Resident(k, self._vram.get(k) or self._placements[k].vram_bytes, w.last_used, busy=w.busy,
-                              pinned=w.model_id in self._pinned)
-            for k, w in self._workers.items()
-            if k != key and k in self._placements and (self._vram.get(k) or self._placements[k].vram_bytes)
+            eviction.Resident(k, used, w.last_used, busy=w.busy, pinned=w.model_id in self._pinned)
+            for k, w in self._workers.items() if k != key and (used := self._vram_use(k))
         ]
         reclaimable = free + sum(r.bytes for r in on_gpu)
         need = self._place(entry, whole=True).vram_bytes + memory.VRAM_HEADROOM
@@ -261,11 +259,17 @@ class ModelPool:
         self.sample_memory()  # the stopped processes' VRAM shows as free now
         return self._place(entry)
 
+    def _vram_use(self, key: str) -> int:
+        """A worker's VRAM: as measured, or as placed until its first sample."""
+        placed = self._placements.get(key)
+        return self._vram.get(key) or (placed.vram_bytes if placed else 0)
+
     def _release(self, key: str) -> None:
-        """Forget the memory a worker was counted for (it stopped, or never started)."""
+        """Forget what a worker that stopped (or never started) was counted for, and re-share the cores."""
         self._estimates.pop(key, None)
         self._placements.pop(key, None)
         self._vram.pop(key, None)
+        self._share_threads()
 
     def _share_threads(self) -> None:
         """Give every local worker its share of the CPU; called whenever one starts or ends. A job already
@@ -282,7 +286,6 @@ class ModelPool:
         if self._workers.get(key) is handle:
             del self._workers[key]
             self._release(key)
-            self._share_threads()
         if not expected:
             self._registry.set_health(handle.model_id, Health.UNHEALTHY, handle.dead_reason)
         elif not self._has_workers(handle.model_id):
@@ -302,7 +305,6 @@ class ModelPool:
         handle = self._workers.pop(key, None)
         self._release(key)
         if handle is not None:
-            self._share_threads()
             await handle.stop()
 
     def pin(self, model_id: str, pinned: bool = True) -> None:
