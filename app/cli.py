@@ -70,23 +70,23 @@ def _route(args: argparse.Namespace, config: Config) -> int:
             print(f"switchboard: {decision.get('error', {}).get('message', response.text)}", file=sys.stderr)
             return 1
     except httpx.ConnectError:
-        from app.core.engine import Engine
         from app.core.errors import SwitchboardError
-        from app.core.query import translate
-        from app.core.router import RouteRequest
+        from app.core.routing.needs import translate
+        from app.core.routing.router import RouteRequest
+        from app.core.services import Services
 
         source = "saved state (no server running)"
-        engine = Engine(config)
+        services = Services.create(config)
         try:
-            asyncio.run(engine.rescan())
+            asyncio.run(services.models.rescan())
             request = RouteRequest("chat", args.model, tuple(args.capability), translate("chat", body),
                                    session_key=args.session)
-            decision = engine.route(request).explain()
+            decision = services.routing.route(request).explain()
         except SwitchboardError as exc:
             print(f"switchboard: {exc.message}", file=sys.stderr)
             return 1
         finally:
-            engine.store.close()
+            services.close_store()
     if args.json:
         print(json.dumps(decision, indent=2))
     elif not args.explain:
@@ -116,8 +116,8 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def _scan(args: argparse.Namespace, config: Config) -> int:
-    from app.core.discovery import report
-    from app.core.discovery.scan import scan, scan_paths
+    from app.core.catalog.discovery import report
+    from app.core.catalog.discovery.scan import scan, scan_paths
 
     result = scan_paths(args.paths) if args.paths else scan(extra_dirs=config.model_dirs)
     if args.json:

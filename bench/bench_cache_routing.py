@@ -58,8 +58,8 @@ async def _replay(strategy: str, setup: str, home: Path, default_model: Path) ->
     os.environ["SWITCHBOARD_HOME"] = str(home)
     from app.core.config import Config
     from app.core.engine import Engine
-    from app.core.query import translate
-    from app.core.router import RouteRequest
+    from app.core.routing.needs import translate
+    from app.core.routing.router import RouteRequest
 
     models_dir = home / "models"
     models_dir.mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,7 @@ async def _replay(strategy: str, setup: str, home: Path, default_model: Path) ->
 
 
 def main() -> bool:
-    from tests.conftest import find_default_model
+    from tests.support.models import find_default_model
 
     default_model = find_default_model()
     previous_home = os.environ.get("SWITCHBOARD_HOME")

@@ -36,8 +36,9 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def main() -> bool:
-    from app.core.worker import LoadSpec, WorkerHandle
-    from tests.conftest import find_default_model, start_server
+    from app.core.runtime.local.handle import LoadSpec, WorkerHandle
+    from tests.support.models import find_default_model
+    from tests.support.servers import start_server
 
     model = find_default_model()
     with tempfile.TemporaryDirectory(prefix="sb-overhead-") as tmp:

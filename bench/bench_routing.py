@@ -32,7 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from app.core.strategies import STRATEGIES, Outcome, RouteContext, Strategy, Target, build
+from app.core.routing.strategies import STRATEGIES, Outcome, RouteContext, Strategy, Target, build
 
 from bench import save_results
 

@@ -52,7 +52,7 @@ def _cache_dir() -> Path:
 
 def generate() -> list[Path]:
     """The benchmark files (generated on first use, then reused)."""
-    from app.core.gguf_testing import FILE_TYPES, write_gguf
+    from tests.support.gguf_files import FILE_TYPES, write_gguf
 
     root = _cache_dir()
     done = root / "complete"
@@ -102,7 +102,7 @@ def warm(paths: list[Path]) -> int:
 
 
 def time_switchboard(paths: list[Path]) -> list[float]:
-    from app.core.gguf_header import read_header
+    from app.core.catalog.gguf.header import read_header
 
     for p in paths[:5]:  # first call imports gguf's tables and allocates the per-thread buffers
         read_header(p)
@@ -117,7 +117,7 @@ def time_switchboard(paths: list[Path]) -> list[float]:
 
 def check(paths: list[Path]) -> None:
     """The timed reads are only worth something if they are right."""
-    from app.core.gguf_header import ArrayInfo, read_header
+    from app.core.catalog.gguf.header import ArrayInfo, read_header
 
     for i in random.Random(1).sample(range(len(paths)), min(20, len(paths))):
         h = read_header(paths[i])

@@ -24,9 +24,9 @@ PARAMS = {"prompt": "You are a helpful travel assistant. " * 20 + "Plan three da
 
 
 async def _measure() -> dict[str, list[float]]:
-    from app.core.pool import cpu_cores, thread_share
-    from app.core.worker import LoadSpec, WorkerHandle
-    from tests.conftest import find_default_model
+    from app.core.runtime.pool import cpu_cores, thread_share
+    from app.core.runtime.local.handle import LoadSpec, WorkerHandle
+    from tests.support.models import find_default_model
 
     spec = LoadSpec(model_path=str(find_default_model()), n_ctx=2048, prompt_cache_bytes=0)
     workers = [WorkerHandle("bench", spec, replica=i) for i in range(2)]
@@ -59,7 +59,7 @@ async def _measure() -> dict[str, list[float]]:
 
 
 def main() -> bool:
-    from app.core.pool import cpu_cores
+    from app.core.runtime.pool import cpu_cores
 
     times = asyncio.run(_measure())
     means = {name: statistics.fmean(values) for name, values in times.items()}

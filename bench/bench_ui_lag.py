@@ -73,7 +73,7 @@ def _stats(samples: list[float], **extra: Any) -> dict[str, Any]:
 
 
 def _write_models(folder: Path) -> None:
-    from app.core.gguf_testing import FILE_TYPES, write_gguf
+    from tests.support.gguf_files import FILE_TYPES, write_gguf
 
     quants = ["Q4_K_M", "Q5_K_M", "Q8_0", "Q4_0", "F16"]
     for i in range(N_FILES):

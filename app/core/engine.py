@@ -12,25 +12,25 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from app.core import paths
 from app.core.config import Config
-from app.core.decisions import DecisionLog
-from app.core.discovery.found import ScanResult
-from app.core.discovery.scan import scan
+from app.core.observe.decisions import DecisionLog
+from app.core.catalog.discovery.found import ScanResult
+from app.core.catalog.discovery.scan import scan
 from app.core.errors import InvalidRequest, ModelNotFound, ModelUnavailable, SwitchboardError
-from app.core.experiments import Arm, Experiments
-from app.core.health import BreakerConfig, HealthBook, HealthChecker
-from app.core.metrics import Metrics, ModelSnapshot
-from app.core.pool import ModelPool
-from app.core.quota import QuotaManager
-from app.core.registry import Health, Registry
-from app.core.router import DEFAULT_STRATEGY, RequestRouter, RouteRequest, RoutingDecision
-from app.core.store import Store
-from app.core.strategies.base import Outcome
-from app.core.target_stats import TargetStats
+from app.core.observe.experiments import Arm, Experiments
+from app.core.routing.health import BreakerConfig, HealthBook, HealthChecker
+from app.core.observe.metrics import Metrics, ModelSnapshot
+from app.core.runtime.pool import ModelPool
+from app.core.routing.quota import QuotaManager
+from app.core.catalog.registry import Health, ModelEntry, Registry
+from app.core.routing.router import DEFAULT_STRATEGY, RequestRouter, RouteRequest, RoutingDecision
+from app.core.storage.store import Store
+from app.core.routing.strategies.base import Outcome
+from app.core.routing.latency_stats import TargetStats
 
 ALL_SOURCES = ("embedded", "hf", "ollama", "folders")
 
@@ -179,11 +179,12 @@ class Engine:
             self.configure_router(DEFAULT_STRATEGY)
         self.experiments.delete(experiment_id)
 
-    def experiment_info(self, experiment_id: str) -> dict[str, Any]:
+    def experiment_summary(self, experiment_id: str) -> dict[str, Any]:
+        """The experiment's definition and whether it routes `auto` now; its results are computed apart (costly)."""
         experiment = self._experiment(experiment_id)
         routing = self.router.strategy.name == "ab_test" and \
             self.router.strategy.params().get("experiment_id") == experiment_id
-        return {**dataclasses.asdict(experiment), "routing": routing, "results": self.experiments.results(experiment_id)}
+        return {**dataclasses.asdict(experiment), "routing": routing}
 
     def _experiment(self, experiment_id: str) -> Any:
         experiment = self.experiments.get(experiment_id)
@@ -192,6 +193,14 @@ class Engine:
         return experiment
 
     # -- health ------------------------------------------------------------------------------
+    def model_health(self, model_id: str) -> tuple[Health, str | None]:
+        entry = self.registry.get(model_id)
+        return (Health.UNKNOWN, None) if entry is None else (entry.health, entry.health_reason)
+
+    def subscribe(self, listener: Callable[[str, ModelEntry], None]) -> Callable[[], None]:
+        """Catalog changes and health changes, as (event, entry)."""
+        return self.registry.subscribe(listener)
+
     def _sync_health(self, model_id: str, ok: bool) -> None:
         """Show the breaker's view, except that one failure never hides a worse fact (a crashed worker)."""
         health = self.health.health(model_id, time.monotonic())

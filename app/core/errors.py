@@ -23,6 +23,15 @@ class InvalidRequest(SwitchboardError):
     code = "invalid_request"
 
 
+class InvalidValue(InvalidRequest, ValueError):
+    """A value the core rejects (a setting, a strategy parameter, an experiment's arms): the caller's mistake.
+
+    Also a ValueError, so pure modules validate the usual way; only this class, never a bare ValueError, reaches
+    a client as a 400."""
+
+    code = "invalid_value"
+
+
 class ModelNotFound(SwitchboardError):
     code = "model_not_found"
 

@@ -15,65 +15,46 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from app.core.engine import Engine, Job
-from app.core.errors import ModelNotFound, SwitchboardError
-from app.core.registry import ModelEntry
-from app.core.query import translate
-from app.core.router import RouteRequest, RoutingDecision
+from app.core.errors import SwitchboardError
+from app.core.routing.needs import translate
+from app.core.routing.router import RouteRequest, RoutingDecision
+from app.core.services import Job, Services
 from app.server import errors
 from app.server.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 
 
-def model_object(entry: ModelEntry) -> dict[str, Any]:
-    return {
-        "id": entry.id,
-        "object": "model",
-        "created": int(entry.metadata.get("mtime") or 0),
-        "owned_by": entry.source,
-        "capabilities": entry.capabilities,
-        "aliases": entry.aliases,
-        "health": entry.health.value,
-        "context_length": entry.metadata.get("context_length"),
-        "quantization": entry.metadata.get("quantization"),
-    }
-
-
-def routes(engine: Engine) -> APIRouter:
+def routes(services: Services) -> APIRouter:
     router = APIRouter()
+    models = services.models
 
     @router.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "models": len(engine.registry.available()),
-                "loaded": [m.model_id for m in engine.pool.loaded()]}
+        return {"status": "ok", "models": len(models.available()), "loaded": [m.model_id for m in models.loaded()]}
 
     @router.get("/v1/models")
     async def list_models() -> dict[str, Any]:
-        entries = [e for e in engine.registry.list() if e.enabled and not e.missing]
-        return {"object": "list", "data": [model_object(e) for e in entries]}
+        return {"object": "list", "data": [models.openai_object(e) for e in models.served()]}
 
     @router.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str) -> dict[str, Any]:
-        entry = engine.registry.get(model_id)
-        if entry is None or not entry.enabled:
-            raise ModelNotFound(f"The model '{model_id}' does not exist", param="model")
-        return model_object(entry)
+        return models.openai_object(models.enabled(model_id))
 
     @router.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
         route = route_request(request, "chat", body)
-        return await _generate(engine, request, route, "chat", body.params(), body.stream, body.include_usage)
+        return await _generate(services, request, route, "chat", body.params(), body.stream, body.include_usage)
 
     @router.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         route = route_request(request, "completion", body)
-        return await _generate(engine, request, route, "completion", body.params(), body.stream,
+        return await _generate(services, request, route, "completion", body.params(), body.stream,
                                body.include_usage)
 
     @router.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
         route = route_request(request, "embeddings", body)
         try:
-            job = await engine.open(route, "embeddings", {"input": body.input})
+            job = await services.open(route, "embeddings", {"input": body.input})
             result = [m async for m in job.stream()][-1]["result"]
         except SwitchboardError as exc:
             return errors.error_response(exc)
@@ -109,7 +90,7 @@ def _route_headers(decision: RoutingDecision) -> dict[str, str]:
     return headers
 
 
-async def _generate(engine: Engine, request: Request, route: RouteRequest, op: str, params: dict[str, Any],
+async def _generate(services: Services, request: Request, route: RouteRequest, op: str, params: dict[str, Any],
                     stream: bool, include_usage: bool) -> Response:
     request_id: str = request.state.request_id
     prefix = "chatcmpl" if op == "chat" else "cmpl"
@@ -117,7 +98,7 @@ async def _generate(engine: Engine, request: Request, route: RouteRequest, op: s
     try:
         # The first message has arrived when open returns: a model that cannot load gets a real HTTP error
         # (after one retry on another model), not a broken stream.
-        job = await engine.open(route, op, params)
+        job = await services.open(route, op, params)
     except SwitchboardError as exc:
         return errors.error_response(exc)
     headers = _route_headers(job.decision)

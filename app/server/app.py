@@ -6,18 +6,18 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from app import __version__
-from app.core.engine import Engine
+from app.core.services import Services
 from app.server import api, errors, manage
 from app.server.guard import Guard
 
 
-def create_app(engine: Engine) -> FastAPI:
-    config = engine.config
+def create_app(services: Services) -> FastAPI:
+    config = services.config
     app = FastAPI(title="Switchboard", version=__version__, docs_url=None, redoc_url=None)
     errors.install(app)
-    app.include_router(api.routes(engine))
-    app.include_router(manage.routes(engine))
-    app.include_router(manage.public_routes(engine))
+    app.include_router(api.routes(services))
+    app.include_router(manage.routes(services))
+    app.include_router(manage.public_routes(services))
     if config.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=config.cors_origins, allow_methods=["*"],
                            allow_headers=["*"], expose_headers=["x-request-id", "x-switchboard-model",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from typing import Any
 
@@ -12,6 +13,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from app.core import errors
+
+log = logging.getLogger(__name__)
 
 # Most specific class first: the first match wins.
 STATUS: tuple[tuple[type[errors.SwitchboardError], int, str], ...] = (
@@ -68,10 +71,12 @@ def install(app: FastAPI) -> None:
     async def _switchboard(_: Request, exc: errors.SwitchboardError) -> JSONResponse:
         return error_response(exc)
 
-    @app.exception_handler(ValueError)
-    async def _value(_: Request, exc: ValueError) -> JSONResponse:
-        # Core modules reject bad settings with ValueError; at the API that is the client's mistake.
-        return JSONResponse(envelope(str(exc), "invalid_request_error", code="invalid_value"), 400)
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception) -> JSONResponse:
+        # Only the core's own errors are the client's fault; anything else is a bug of ours, logged in full.
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse(envelope("Internal server error; the server log has the details", "server_error",
+                                     code="internal_error"), 500)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

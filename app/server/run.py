@@ -10,7 +10,7 @@ import socket
 import uvicorn
 
 from app.core.config import Config
-from app.core.engine import Engine
+from app.core.services import Services
 from app.server.app import create_app
 from app.server.guard import is_loopback
 
@@ -46,9 +46,9 @@ def bind(config: Config) -> socket.socket:
     return sock
 
 
-def make_server(engine: Engine) -> uvicorn.Server:
+def make_server(services: Services) -> uvicorn.Server:
     """A uvicorn server that leaves signals to its host (the CLI or the Qt app) and never takes over logging."""
-    app = create_app(engine)
+    app = create_app(services)
     server = uvicorn.Server(
         uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5)
     )
@@ -59,22 +59,22 @@ def make_server(engine: Engine) -> uvicorn.Server:
 async def serve(config: Config, *, announce: bool = True) -> None:
     check_exposure(config)
     sock = bind(config)
-    engine = Engine(config)
+    services = Services.create(config)
     try:
-        await engine.start()
-        server = make_server(engine)
+        await services.start()
+        server = make_server(services)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: setattr(server, "should_exit", True))
         if announce:
             host = f"[{config.host}]" if ":" in config.host else config.host
             port = sock.getsockname()[1]
-            models = engine.registry.available()
-            print(f"Switchboard {len(models)} model(s), default {engine.registry.default_id or 'none'}", flush=True)
+            models = services.models.available()
+            print(f"Switchboard {len(models)} model(s), default {services.models.default_id or 'none'}", flush=True)
             print(f"OpenAI-compatible endpoint: http://{host}:{port}/v1", flush=True)
         await server.serve(sockets=[sock])
     finally:
-        await engine.close()
+        await services.close()
         sock.close()
 
 

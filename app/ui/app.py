@@ -23,7 +23,7 @@ import qasync  # isort: skip
 
 from app.core.config import Config
 from app.core.engine import Engine
-from app.core.store import Store
+from app.core.storage.store import Store
 from app.ui.server_control import ServerController
 
 if TYPE_CHECKING:

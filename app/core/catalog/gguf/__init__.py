@@ -1,0 +1,1 @@
+"""Reading GGUF files: the header (metadata and tensor infos), defensively and fast."""

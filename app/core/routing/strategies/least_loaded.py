@@ -1,0 +1,102 @@
+"""least_loaded: the target with the fewest requests in flight, counting memory pressure as extra load.
+
+Score = 1 / (1 + load), less the degraded penalty, so the highest score is the least loaded healthy target.
+Ties (equal loads) take turns: the first tied key after the last one used, in sorted order, so sequential
+requests on an idle pool spread over the replicas instead of always landing on the lowest key. Other strategies
+reuse `scores`, `choose` and `pick` for their fallbacks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from app.core.routing.strategies.base import RouteContext, Selection, Strategy, Target
+from app.core.routing.strategies.common import (
+    DEGRADED_PENALTY,
+    TIE_EPS,
+    check_params,
+    load,
+    next_in_turn,
+    number,
+    unit,
+)
+
+DEFAULT_MEMORY_WEIGHT = 2.0
+
+
+class LeastLoaded(Strategy):
+    name = "least_loaded"
+
+    def __init__(self, memory_weight: float = DEFAULT_MEMORY_WEIGHT) -> None:
+        self.memory_weight = number("memory_weight", memory_weight, minimum=0.0, maximum=1e6)
+        self._last: str | None = None  # the last key used, for turn-taking among ties
+
+    def select(self, targets: Sequence[Target], ctx: RouteContext) -> Selection:
+        scores = self.scores(targets)
+        chosen, reason = self.choose(targets, scores)
+        return Selection(chosen.key, reason, scores)
+
+    def on_start(self, target: Target, ctx: RouteContext) -> None:
+        self._last = target.key
+
+    def scores(
+        self, targets: Sequence[Target], extra: Mapping[str, float] | None = None, extra_scale: float = 1.0
+    ) -> dict[str, float]:
+        """1 / (1 + load) in (0, 1], less the degraded penalty: healthy (0, 1], degraded (-1, 0].
+
+        `extra` (times `extra_scale`, >= 0) adds to a target's load by key: cache_aware's miss rule is this rule
+        with cache fill as extra load. common.load is inlined: this runs for every target on every request."""
+        w, p = self.memory_weight, DEGRADED_PENALTY
+        if extra is None:
+            return {
+                t.key: 1.0 / (1.0 + (n if (n := t.in_flight) > 0 else 0)
+                              + w * (m if 0.0 <= (m := t.memory_pressure) <= 1.0 else unit(m)))
+                - (p if t.degraded else 0.0)
+                for t in targets
+            }
+        return {
+            t.key: 1.0 / (1.0 + (n if (n := t.in_flight) > 0 else 0)
+                          + w * (m if 0.0 <= (m := t.memory_pressure) <= 1.0 else unit(m))
+                          + extra_scale * extra.get(t.key, 0.0))
+            - (p if t.degraded else 0.0)
+            for t in targets
+        }
+
+    def pick(self, targets: Sequence[Target]) -> tuple[Target, str]:
+        """The least loaded healthy target (any target when all are degraded) and a short reason."""
+        return self.choose(targets, self.scores(targets))
+
+    def choose(self, targets: Sequence[Target], scores: Mapping[str, float]) -> tuple[Target, str]:
+        """`pick`, given `scores(targets)` (possibly with favour bonuses added): the highest score wins."""
+        if len(targets) == 1:
+            return targets[0], "least loaded: only target"
+        values = list(scores.values())  # aligned with targets (their keys are unique)
+        top = max(values)
+        if values.count(top) > 1:
+            tied = [i for i, v in enumerate(values) if v == top]
+            key = next_in_turn([targets[i].key for i in tied], self._last)
+            chosen = next(targets[i] for i in tied if targets[i].key == key)
+            return chosen, f"least loaded: {len(tied)} tied at {self._describe(chosen)}, taking turns"
+        i = values.index(top)
+        values[i] = -float("inf")
+        runner = targets[values.index(max(values))]
+        note = " (degraded)" if runner.degraded and not targets[i].degraded else ""
+        return targets[i], (
+            f"least loaded: {self._describe(targets[i])} vs {self._describe(runner)} on {runner.key}{note}"
+        )
+
+    def _describe(self, t: Target) -> str:
+        # Plain "N in flight" unless memory pressure actually adds to the load.
+        n = max(t.in_flight, 0)
+        x = load(t, self.memory_weight)
+        if x - n <= TIE_EPS:
+            return f"{n} in flight"
+        return f"load {x:.1f} ({n} in flight + memory {x - n:.1f})"
+
+    def params(self) -> dict[str, Any]:
+        return {"memory_weight": self.memory_weight}
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> LeastLoaded:
+        return cls(**check_params(cls.name, params, ("memory_weight",)))

@@ -1,0 +1,207 @@
+"""The server's side of one model worker process: start, stream jobs, cancel, stop, measure."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from app.core.errors import InvalidRequest, ModelUnavailable, WorkerCrashed
+
+_ids = itertools.count(1)
+# Streamed chunks are small, but a full embedding batch can be large.
+_LINE_LIMIT = 64 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class LoadSpec:
+    model_path: str
+    n_ctx: int = 4096
+    n_threads: int | None = None
+    n_gpu_layers: int = 0
+    embedding: bool = False
+    prompt_cache_bytes: int = 256 * 1024 * 1024
+
+
+class WorkerHandle:
+    """One worker process. Many requests may be queued on it; they run one at a time in the worker."""
+
+    def __init__(self, model_id: str, spec: LoadSpec, *, replica: int = 0, log_path: Path | None = None) -> None:
+        self.model_id = model_id
+        self.spec = spec
+        self.replica = replica
+        self.log_path = log_path
+        self.pid: int | None = None
+        self.n_ctx: int | None = None
+        self.started_at: float | None = None
+        self.last_used = time.monotonic()
+        self.in_flight = 0
+        # Jobs the worker stopped early because their client went away.
+        self.jobs_cancelled = 0
+        self.dead_reason: str | None = None
+        self._process: asyncio.subprocess.Process | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._pending: dict[str, asyncio.Queue[dict[str, Any]]] = {}
+        self._stopping = False
+        # (generation, prompt) threads its jobs run with, set by the pool; None: llama.cpp's defaults.
+        self.threads: tuple[int, int] | None = None
+        # Called once when the process is gone; `expected` is False for a crash.
+        self.on_exit: Callable[[WorkerHandle, bool], None] | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.returncode is None and self.dead_reason is None
+
+    @property
+    def busy(self) -> bool:
+        return self.in_flight > 0
+
+    async def start(self, timeout: float) -> None:
+        """Spawn the process and wait until the model is loaded; raises ModelUnavailable on failure."""
+        parent_sock, child_sock = socket.socketpair()
+        log = open(self.log_path or os.devnull, "ab")
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "app.core.runtime.local.process", str(child_sock.fileno()),
+                pass_fds=(child_sock.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                # Its own session: a Ctrl-C in the terminal reaches the server, which then stops workers cleanly.
+                start_new_session=True,
+            )
+        finally:
+            child_sock.close()
+            log.close()
+        self.pid = self._process.pid
+        reader, self._writer = await asyncio.open_connection(sock=parent_sock, limit=_LINE_LIMIT)
+        self._send({"op": "load", **_spec_dict(self.spec)})
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout)
+        except asyncio.TimeoutError:
+            await self.stop()
+            raise ModelUnavailable(f"Model '{self.model_id}' did not load within {timeout:.0f} s") from None
+        message = json.loads(line) if line else {"type": "load_error", "message": self._exit_description()}
+        if message.get("type") != "ready":
+            await self.stop()
+            raise ModelUnavailable(f"Model '{self.model_id}' failed to load: {message.get('message')}")
+        self.n_ctx = message.get("n_ctx")
+        self.started_at = time.time()
+        self._reader_task = asyncio.create_task(self._read_loop(reader), name=f"worker-{self.model_id}")
+
+    async def run(self, op: str, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Yield the worker's messages for one job: `chunk`s, then a final `done`.
+
+        Raises WorkerCrashed if the process dies, ModelUnavailable for an error in the job.
+        Closing the iterator early (client gone) cancels the job in the worker.
+        """
+        if not self.alive:
+            raise WorkerCrashed(f"The worker for '{self.model_id}' is not running: {self.dead_reason}")
+        job_id = f"j{next(_ids)}"
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._pending[job_id] = inbox
+        self.in_flight += 1
+        finished = False
+        try:
+            self._send({"op": op, "id": job_id, "params": params, "threads": self.threads})
+            while True:
+                message = await inbox.get()
+                kind = message.get("type")
+                if kind == "crash":
+                    finished = True
+                    raise WorkerCrashed(f"The worker for '{self.model_id}' stopped: {message['message']}")
+                if kind == "error":
+                    finished = True
+                    if message.get("invalid"):
+                        raise InvalidRequest(message["message"])
+                    raise ModelUnavailable(f"Model '{self.model_id}' failed: {message['message']}")
+                if kind == "done":
+                    finished = True
+                yield message
+                if finished:
+                    return
+        finally:
+            self._pending.pop(job_id, None)
+            self.in_flight -= 1
+            self.last_used = time.monotonic()
+            if not finished and self.alive:
+                with contextlib.suppress(OSError):
+                    self._send({"op": "cancel", "id": job_id})
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self._writer is None or self._writer.is_closing():
+            raise WorkerCrashed(f"The worker for '{self.model_id}' is not running")
+        self._writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while line := await reader.readline():
+                message = json.loads(line)
+                if message.get("finish_reason") == "cancelled":
+                    self.jobs_cancelled += 1
+                inbox = self._pending.get(message.get("id", ""))
+                if inbox is not None:
+                    inbox.put_nowait(message)
+        except (OSError, ValueError, asyncio.LimitOverrunError) as exc:
+            self.dead_reason = f"protocol error: {exc}"
+        if self._process is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._process.wait(), 2.0)
+        self.dead_reason = self.dead_reason or self._exit_description()
+        for inbox in self._pending.values():
+            inbox.put_nowait({"type": "crash", "message": self.dead_reason})
+        if self.on_exit is not None:
+            self.on_exit(self, self._stopping)
+
+    def _exit_description(self) -> str:
+        code = self._process.returncode if self._process else None
+        if code is None:
+            return "the worker closed its connection"
+        if code < 0:
+            return f"the worker process was killed by signal {-code}"
+        return f"the worker process exited with status {code}"
+
+    def rss(self) -> int:
+        """Resident memory of the worker process in bytes (0 when it is gone)."""
+        if not self.pid or not self.alive:
+            return 0
+        try:
+            return int(psutil.Process(self.pid).memory_info().rss)
+        except psutil.Error:
+            return 0
+
+    async def stop(self, grace: float = 3.0) -> None:
+        """Ask the worker to exit; kill it if it does not. All its memory returns to the system."""
+        self._stopping = True
+        if self._writer is not None and not self._writer.is_closing():
+            with contextlib.suppress(OSError, WorkerCrashed):
+                self._send({"op": "shutdown"})
+            self._writer.close()
+        process = self._process
+        if process is not None and process.returncode is None:
+            try:
+                await asyncio.wait_for(process.wait(), grace)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        self.dead_reason = self.dead_reason or "stopped"
+        if self._reader_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._reader_task
+
+
+def _spec_dict(spec: LoadSpec) -> dict[str, Any]:
+    return {name: getattr(spec, name) for name in spec.__slots__}  # type: ignore[attr-defined]

@@ -1,0 +1,202 @@
+"""The model worker: a separate OS process holding one llama.cpp model.
+
+Run as `python -m app.core.runtime.local.process FD`; FD is one end of a socket pair. The protocol is JSON
+lines. The parent sends a load spec first; the worker answers `ready` or `load_error`, then serves
+jobs one at a time from its queue, streaming `chunk` messages and ending each job with `done` or
+`error`. A `cancel` message stops a job between tokens. When the parent goes away the worker exits.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import queue
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any, BinaryIO
+
+import llama_cpp
+from llama_cpp import Llama
+
+from app.core.runtime.local.prompt_cache import PromptCache, common_prefix
+
+
+class MeteredLlama(Llama):
+    """Llama that restores cached conversation states and reports how many prompt tokens it reused."""
+
+    prompt_cache: PromptCache | None = None
+
+    def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:  # type: ignore[override]
+        tokens = list(tokens)
+        stats = self.request_stats = {"prompt_tokens": len(tokens), "first_eval": None, "completion_tokens": 0}
+        self._restore_best(tokens)
+        vocab = self._model.vocab
+        for token in super().generate(tokens, *args, **kwargs):
+            if not llama_cpp.llama_vocab_is_eog(vocab, token):
+                stats["completion_tokens"] += 1
+            yield token
+
+    def _restore_best(self, tokens: list[int]) -> None:
+        """Load the cached state that shares more of this prompt than the current one does."""
+        if self.prompt_cache is None:
+            return
+        current = common_prefix(self.input_ids[: self.n_tokens].tolist(), tokens)
+        found = self.prompt_cache.best(tokens)
+        if found is None or found[2] <= current:
+            return
+        key, data, _ = found
+        ctx = self._ctx.ctx
+        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if llama_cpp.llama_state_seq_set_data(ctx, buffer, len(data), 0) != len(data):
+            self.reset()
+            return
+        self.input_ids[: len(key)] = key
+        self.n_tokens = len(key)
+        self._requires_eval = True
+
+    def save_state_to_cache(self) -> None:
+        """Remember the conversation just served (its KV data only)."""
+        if self.prompt_cache is None or self.n_tokens == 0:
+            return
+        ctx = self._ctx.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
+        self.prompt_cache.put(self.input_ids[: self.n_tokens].tolist(), ctypes.string_at(buffer, written))
+
+    def eval(self, tokens: Any) -> None:
+        stats = getattr(self, "request_stats", None)
+        # The first eval of a request is the part of the prompt the cache did not hold.
+        if stats is not None and stats["first_eval"] is None:
+            stats["first_eval"] = len(tokens)
+        super().eval(tokens)
+
+    def use_threads(self, generation: int, prompt: int) -> None:
+        """Change the threads llama.cpp decodes with (the pool shares the CPU among its workers)."""
+        if (generation, prompt) != (self.n_threads, self.n_threads_batch):
+            llama_cpp.llama_set_n_threads(self._ctx.ctx, generation, prompt)
+            self.n_threads, self.n_threads_batch = generation, prompt
+
+    def usage(self) -> dict[str, int]:
+        stats = getattr(self, "request_stats", None) or {"prompt_tokens": 0, "first_eval": 0, "completion_tokens": 0}
+        prompt = stats["prompt_tokens"]
+        evaluated = prompt if stats["first_eval"] is None else stats["first_eval"]
+        return {
+            "prompt_tokens": prompt,
+            "completion_tokens": stats["completion_tokens"],
+            "total_tokens": prompt + stats["completion_tokens"],
+            "cached_tokens": max(0, prompt - evaluated),
+        }
+
+
+class Worker:
+    def __init__(self, sock: socket.socket) -> None:
+        self._rfile: BinaryIO = sock.makefile("rb")
+        self._wfile: BinaryIO = sock.makefile("wb")
+        self._jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._cancelled: set[str] = set()
+        self._closing = threading.Event()
+        self.llm: MeteredLlama | None = None
+
+    def send(self, message: dict[str, Any]) -> None:
+        self._wfile.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        self._wfile.flush()
+
+    def load(self, spec: dict[str, Any]) -> None:
+        self.llm = MeteredLlama(
+            model_path=spec["model_path"],
+            n_ctx=spec.get("n_ctx", 4096),
+            n_threads=spec.get("n_threads"),
+            n_gpu_layers=spec.get("n_gpu_layers", 0),
+            embedding=spec.get("embedding", False),
+            seed=spec.get("seed", 0xFFFFFFFF),
+            verbose=False,
+        )
+        if spec.get("prompt_cache_bytes"):
+            self.llm.prompt_cache = PromptCache(int(spec["prompt_cache_bytes"]))
+
+    def _read_loop(self) -> None:
+        try:
+            for line in self._rfile:
+                message = json.loads(line)
+                op = message.get("op")
+                if op == "cancel":
+                    self._cancelled.add(message["id"])
+                elif op == "shutdown":
+                    break
+                else:
+                    self._jobs.put(message)
+        except (OSError, ValueError):
+            pass
+        # The parent closed the socket or asked us to stop: finish the current token and exit.
+        self._closing.set()
+        self._jobs.put(None)
+
+    def serve(self) -> None:
+        threading.Thread(target=self._read_loop, name="worker-reader", daemon=True).start()
+        while (job := self._jobs.get()) is not None:
+            job_id = job["id"]
+            try:
+                if job_id in self._cancelled:
+                    self.send({"id": job_id, "type": "done", "finish_reason": "cancelled", "usage": None})
+                else:
+                    self._run(job)
+            except BrokenPipeError:
+                return
+            except ValueError as exc:
+                # llama-cpp-python's way of rejecting a request (prompt longer than the context, bad grammar...).
+                self.send({"id": job_id, "type": "error", "invalid": True, "message": str(exc)})
+            except Exception as exc:  # a bad request must not kill the model; report it to the caller
+                self.send({"id": job_id, "type": "error", "message": f"{type(exc).__name__}: {exc}"})
+            finally:
+                self._cancelled.discard(job_id)
+
+    def _run(self, job: dict[str, Any]) -> None:
+        assert self.llm is not None
+        job_id, op, params = job["id"], job["op"], job.get("params", {})
+        if job.get("threads"):
+            self.llm.use_threads(*job["threads"])
+        if op == "embeddings":
+            result = self.llm.create_embedding(**params)
+            self.send({"id": job_id, "type": "done", "result": result})
+            return
+        if op == "chat":
+            stream = self.llm.create_chat_completion(**params, stream=True)
+        elif op == "completion":
+            stream = self.llm.create_completion(**params, stream=True)
+        else:
+            raise ValueError(f"unknown operation {op!r}")
+        finish_reason = None
+        for chunk in stream:
+            if job_id in self._cancelled or self._closing.is_set():
+                stream.close()  # type: ignore[union-attr]
+                finish_reason = "cancelled"
+                break
+            self.send({"id": job_id, "type": "chunk", "data": chunk})
+        self.send({"id": job_id, "type": "done", "finish_reason": finish_reason, "usage": self.llm.usage(),
+                   "threads": [self.llm.n_threads, self.llm.n_threads_batch]})
+        # After the answer is sent: saving the state is not on the client's time.
+        self.llm.save_state_to_cache()
+
+
+def main(argv: list[str]) -> int:
+    sock = socket.socket(fileno=int(argv[1]))
+    worker = Worker(sock)
+    spec = json.loads(worker._rfile.readline() or b"{}")
+    try:
+        worker.load(spec)
+    except Exception as exc:
+        worker.send({"type": "load_error", "message": f"{type(exc).__name__}: {exc}"})
+        return 1
+    assert worker.llm is not None
+    worker.send({"type": "ready", "pid": os.getpid(), "n_ctx": worker.llm.n_ctx()})
+    worker.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

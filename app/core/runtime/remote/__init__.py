@@ -1,0 +1,1 @@
+"""Remote backends: models served by another OpenAI-compatible server, proxied over HTTP."""

@@ -1,0 +1,353 @@
+"""The one API of the core: what the HTTP layer (app/server) and the window (app/ui) may ask and do.
+
+Neither caller reaches past it into the registry, the pool, the router or the store, so a rule such as "loading a
+model starts every replica" is written once, here, and both surfaces behave alike. Reads return plain values or
+the read models of views.py; writes validate and raise the core's own errors (app/core/errors.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from app.core import views
+from app.core.catalog.discovery.found import ScanResult
+from app.core.catalog.registry import ModelEntry
+from app.core.config import Config, ConfigError
+from app.core.engine import Engine, Job
+from app.core.errors import InvalidRequest, ModelNotFound
+from app.core.routing.health import Health
+from app.core.routing.quota import Limits, model_scope
+from app.core.routing.router import RouteRequest, RoutingDecision
+from app.core.runtime.pool import LoadedModel
+from app.core.runtime.remote.handle import RemoteSpec
+
+Listener = Callable[[str, ModelEntry], None]
+
+
+class Models:
+    """Which models exist, what runs, and the user's settings of each."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    # -- reading ---------------------------------------------------------------------------
+    def list(self) -> list[ModelEntry]:
+        return self._engine.registry.list()
+
+    def served(self) -> list[ModelEntry]:
+        """What /v1/models lists: enabled models whose files are present."""
+        return [e for e in self._engine.registry.list() if e.enabled and not e.missing]
+
+    def available(self) -> list[ModelEntry]:
+        """Models a request may be routed to now: served, and not unhealthy."""
+        return [e for e in self.served() if self.health(e.id)[0] is not Health.UNHEALTHY]
+
+    def get(self, name: str) -> ModelEntry | None:
+        return self._engine.registry.get(name)
+
+    def resolve(self, name: str) -> ModelEntry:
+        return self._engine.registry.resolve(name)
+
+    def enabled(self, name: str) -> ModelEntry:
+        """The model by id or alias, as a client may use it: ModelNotFound when it is absent or disabled."""
+        entry = self._engine.registry.get(name)
+        if entry is None or not entry.enabled:
+            raise ModelNotFound(f"The model '{name}' does not exist", param="model")
+        return entry
+
+    @property
+    def default_id(self) -> str | None:
+        return self._engine.registry.default_id
+
+    def health(self, model_id: str) -> tuple[Health, str | None]:
+        return self._engine.model_health(model_id)
+
+    def info(self, name: str) -> dict[str, Any]:
+        return views.model_info(self._engine, self.resolve(name))
+
+    def infos(self) -> list[dict[str, Any]]:
+        return [views.model_info(self._engine, e) for e in self.list()]
+
+    def openai_object(self, entry: ModelEntry) -> dict[str, Any]:
+        return views.model_object(self._engine, entry)
+
+    def estimate(self, name: str) -> dict[str, Any]:
+        entry = self.resolve(name)
+        pool = self._engine.pool
+        return {**views.placement_info(self._engine, entry), "budget_bytes": pool.budget, "fits": pool.fits(entry)}
+
+    def loaded(self) -> list[LoadedModel]:
+        return self._engine.pool.loaded()
+
+    def memory_of(self, worker_key: str) -> int:
+        return self._engine.pool.memory_of(worker_key)
+
+    def is_pinned(self, model_id: str) -> bool:
+        return self._engine.pool.is_pinned(model_id)
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Told (event, entry) on every change of the catalog or of a model's health; returns the unsubscriber."""
+        return self._engine.subscribe(listener)
+
+    # -- running ---------------------------------------------------------------------------
+    async def load(self, name: str) -> dict[str, Any]:
+        """Start every replica of the model (a remote backend has one handle); returns its info."""
+        entry = self.resolve(name)
+        for replica in range(1 if entry.is_remote else entry.replicas):
+            await self._engine.pool.acquire(entry, replica)
+        return views.model_info(self._engine, entry)
+
+    async def unload(self, name: str) -> dict[str, Any]:
+        entry = self.resolve(name)
+        await self._engine.pool.unload(entry.id)
+        return views.model_info(self._engine, entry)
+
+    def pin(self, name: str, pinned: bool = True) -> dict[str, Any]:
+        entry = self.resolve(name)
+        self._engine.pool.pin(entry.id, pinned)
+        return views.model_info(self._engine, entry)
+
+    # -- user settings ---------------------------------------------------------------------
+    def set_enabled(self, name: str, enabled: bool) -> ModelEntry:
+        return self._engine.registry.set_enabled(name, enabled)
+
+    def set_aliases(self, name: str, aliases: list[str]) -> ModelEntry:
+        return self._engine.registry.set_aliases(name, aliases)
+
+    def set_capabilities(self, name: str, capabilities: list[str] | None) -> ModelEntry:
+        """None returns to the capabilities inferred from the file."""
+        return self._engine.registry.set_capabilities(name, capabilities)
+
+    def set_options(self, name: str, *, weight: float | None = None, fallbacks: list[str] | None = None,
+                    replicas: int | None = None) -> ModelEntry:
+        return self._engine.registry.set_options(name, weight=weight, fallbacks=fallbacks, replicas=replicas)
+
+    def set_default(self, name: str) -> ModelEntry:
+        return self._engine.registry.set_default(name)
+
+    def patch(self, name: str, *, enabled: bool | None = None, aliases: list[str] | None = None,
+              capabilities: list[str] | None = None, reset_capabilities: bool = False, weight: float | None = None,
+              fallbacks: list[str] | None = None, replicas: int | None = None, quota: Limits | None = None,
+              default: bool = False) -> dict[str, Any]:
+        """Several settings at once (PATCH /api/models/{id}); None leaves a setting as it is."""
+        entry = self.resolve(name)
+        if enabled is not None:
+            self.set_enabled(entry.id, enabled)
+        if aliases is not None:
+            self.set_aliases(entry.id, aliases)
+        if reset_capabilities or capabilities is not None:
+            self.set_capabilities(entry.id, None if reset_capabilities else capabilities)
+        if weight is not None or fallbacks is not None or replicas is not None:
+            self.set_options(entry.id, weight=weight, fallbacks=fallbacks, replicas=replicas)
+        if quota is not None:
+            self._engine.quota.set_limits(model_scope(entry.id), quota)
+        if default:
+            self.set_default(entry.id)
+        return views.model_info(self._engine, entry)
+
+    # -- remote backends -------------------------------------------------------------------
+    def add_remote(self, model_id: str, *, base_url: str, model: str | None = None, api_key: str | None = None,
+                   capabilities: list[str], context_length: int | None = None) -> dict[str, Any]:
+        spec = RemoteSpec(base_url=base_url, model=model, api_key=api_key, capabilities=capabilities,
+                          context_length=context_length)
+        entry = self._engine.registry.add_remote(model_id, spec.to_dict(), capabilities=capabilities,
+                                                 context_length=context_length)
+        return views.model_info(self._engine, entry)
+
+    async def remove(self, name: str) -> None:
+        entry = self.resolve(name)
+        if not entry.is_remote:
+            raise InvalidRequest("Only remote backends can be removed; disable a local model instead", param="id")
+        await self._engine.pool.unload(entry.id)
+        self._engine.registry.remove(entry.id)
+
+    # -- places ----------------------------------------------------------------------------
+    @property
+    def last_scan(self) -> ScanResult | None:
+        return self._engine.last_scan
+
+    @property
+    def model_dirs(self) -> list[str]:
+        return list(self._engine.config.model_dirs)
+
+    async def rescan(self) -> ScanResult:
+        return await self._engine.rescan()
+
+    def add_folder(self, path: str) -> str | None:
+        """Scan `path` from now on: this run, and the saved config (not this run's command-line overrides).
+
+        Returns why it could not be saved (it is still used for this run), or None."""
+        config = self._engine.config
+        if not path or path in config.model_dirs:
+            return None
+        config.model_dirs.append(path)
+        try:
+            saved = Config.load()
+            if path not in saved.model_dirs:
+                saved.model_dirs.append(path)
+                saved.save()
+        except (ConfigError, OSError) as exc:
+            return str(exc)
+        return None
+
+
+class Routing:
+    """Where `auto` goes: the strategy and its parameters, and a dry run of a request."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def describe(self) -> dict[str, Any]:
+        return self._engine.router.describe()
+
+    @property
+    def strategy(self) -> str:
+        return self._engine.router.strategy.name
+
+    def strategies(self) -> list[str]:
+        return list(self._engine.router.describe()["available"])
+
+    def configure(self, name: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Switch strategy at run time (persisted); returns the new description."""
+        self._engine.configure_router(name, params)
+        return self.describe()
+
+    def route(self, request: RouteRequest) -> RoutingDecision:
+        """Where the request would go now, without running it."""
+        return self._engine.route(request)
+
+
+class Experiments:
+    """A/B experiments: their arms, results (statistics computed off the event loop) and feedback."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def ids(self) -> list[str]:
+        return [e.id for e in self._engine.experiments.list()]
+
+    def summaries(self) -> list[dict[str, Any]]:
+        """Each experiment's definition and whether it routes `auto`, without the (costly) results."""
+        return [self._engine.experiment_summary(e.id) for e in self._engine.experiments.list()]
+
+    async def list(self) -> list[dict[str, Any]]:
+        return [await self.info(experiment_id) for experiment_id in self.ids()]
+
+    async def info(self, experiment_id: str) -> dict[str, Any]:
+        """Definition and results; the bootstrap runs in a thread so streams in flight never stall."""
+        summary = self._engine.experiment_summary(experiment_id)
+        results = await asyncio.to_thread(self._engine.experiments.results, experiment_id)
+        return {**summary, "results": results}
+
+    def create(self, name: str, arms: list[dict[str, Any]], metric: str, *, activate: bool) -> dict[str, Any]:
+        experiment = self._engine.create_experiment(name, arms, metric, activate=activate)
+        return self._engine.experiment_summary(experiment.id)
+
+    def delete(self, experiment_id: str) -> None:
+        self._engine.delete_experiment(experiment_id)
+
+    def route_by(self, experiment_id: str) -> dict[str, Any]:
+        """Let this experiment route `auto` requests (the ab_test strategy over its arms)."""
+        return Routing(self._engine).configure("ab_test", {"experiment_id": experiment_id})
+
+    def feedback(self, request_id: str, score: float) -> None:
+        if not self._engine.experiments.feedback(request_id, score):
+            raise ModelNotFound(f"No experiment request has the id '{request_id}'", param="request_id",
+                                code="request_not_found")
+
+
+class Quota:
+    """Hourly token and request limits per model (scope "model:<id>") and per API key."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def limits(self, model_id: str) -> Limits:
+        return self._engine.quota.limits(model_scope(model_id))
+
+    def set_limits(self, model_id: str, limits: Limits) -> None:
+        if self._engine.quota.limits(model_scope(model_id)) != limits:
+            self._engine.quota.set_limits(model_scope(model_id), limits)
+
+    def usage(self, model_id: str) -> dict[str, Any]:
+        return self._engine.quota.usage(model_scope(model_id))
+
+    def all_usage(self) -> dict[str, dict[str, Any]]:
+        return self._engine.quota.all_usage()
+
+
+class Settings:
+    """Small persisted preferences of the surfaces (the window's geometry, close-to-tray)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._engine.store.get_setting(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        self._engine.store.set_setting(key, value)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class MemorySample:
+    """Worker memory as sampled now: resident bytes per worker key, and the budget loaded models must fit in."""
+
+    rss: Mapping[str, int]
+    workers: list[LoadedModel]
+    budget: int
+
+
+class Services:
+    """The facade: one object per concern, plus the life of the engine and the requests themselves."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.models = Models(engine)
+        self.routing = Routing(engine)
+        self.experiments = Experiments(engine)
+        self.quota = Quota(engine)
+        self.settings = Settings(engine)
+
+    @classmethod
+    def create(cls, config: Config, **kwargs: Any) -> Services:
+        return cls(Engine(config, **kwargs))
+
+    @property
+    def config(self) -> Config:
+        """This run's configuration (read it; change settings through the methods that persist them)."""
+        return self._engine.config
+
+    async def start(self) -> None:
+        await self._engine.start()
+
+    async def close(self) -> None:
+        await self._engine.close()
+
+    def close_store(self) -> None:
+        """For short-lived command-line uses that never started the engine."""
+        self._engine.store.close()
+
+    # -- requests --------------------------------------------------------------------------
+    async def open(self, request: RouteRequest, op: str, params: dict[str, Any]) -> Job:
+        """Route and start a request; see Engine.open."""
+        return await self._engine.open(request, op, params)
+
+    def decisions(self, limit: int = 100) -> list[dict[str, Any]]:
+        return self._engine.decisions.recent(max(1, min(limit, 1000)))
+
+    def memory(self) -> MemorySample:
+        """Sample every worker's memory now (a syscall per worker: call it on a timer, not per request)."""
+        pool = self._engine.pool
+        return MemorySample(pool.sample_memory(), pool.loaded(), pool.budget)
+
+    def metrics(self) -> tuple[bytes, str]:
+        """Prometheus exposition: body and content type."""
+        self._engine.pool.sample_memory()
+        return self._engine.metrics.render()
+
+    def scan_info(self, result: ScanResult) -> dict[str, Any]:
+        return views.scan_info([m.id for m in result.models], result.problems)

@@ -1,0 +1,1 @@
+"""Persistence: one SQLite store (connection, write-behind) and its schema migrations."""

