@@ -102,7 +102,7 @@ def warm(paths: list[Path]) -> int:
 
 
 def time_switchboard(paths: list[Path]) -> list[float]:
-    from app.core.catalog.gguf.header import read_header
+    from app.core.catalog.gguf.reader import read_header
 
     for p in paths[:5]:  # first call imports gguf's tables and allocates the per-thread buffers
         read_header(p)
@@ -117,7 +117,8 @@ def time_switchboard(paths: list[Path]) -> list[float]:
 
 def check(paths: list[Path]) -> None:
     """The timed reads are only worth something if they are right."""
-    from app.core.catalog.gguf.header import ArrayInfo, read_header
+    from app.core.catalog.gguf.header import ArrayInfo
+    from app.core.catalog.gguf.reader import read_header
 
     for i in random.Random(1).sample(range(len(paths)), min(20, len(paths))):
         h = read_header(paths[i])

@@ -34,7 +34,7 @@ def test_a_longer_turn_supersedes_its_prefix_and_lru_evicts() -> None:
 
 @pytest.mark.slow
 def test_interleaved_conversations_reuse_their_own_prefix(default_model: Path) -> None:
-    from app.core.runtime.local.process import MeteredLlama
+    from app.core.runtime.local.llama import MeteredLlama
 
     llm = MeteredLlama(model_path=str(default_model), n_ctx=2048, verbose=False)
     llm.prompt_cache = PromptCache(64 * 2**20)

@@ -20,8 +20,8 @@ import pytest
 
 from app.core.errors import InvalidRequest, ModelUnavailable, WorkerCrashed
 from app.core.runtime.remote.handle import RemoteHandle, RemoteSpec
-from tests.support.servers import Served, free_port, start_server
 from tests.support.models import make_embedding_model
+from tests.support.servers import Served, free_port, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -62,7 +62,7 @@ class LlamaServer:
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
-                 "--port", str(self.port), "--n_ctx", "2048"],
+                 "--port", str(self.port), "--n_ctx", "2048", "--flash_attn", "true"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         deadline = time.monotonic() + 60

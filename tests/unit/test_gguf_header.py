@@ -1,4 +1,4 @@
-"""app.core.catalog.gguf.header: agreement with gguf.GGUFReader, derived properties, and hostile files."""
+"""app.core.catalog.gguf: agreement with gguf.GGUFReader, derived properties, and hostile files."""
 
 from __future__ import annotations
 
@@ -17,8 +17,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.core.catalog.gguf import header as gguf_header
-from app.core.catalog.gguf.header import ArrayInfo, GGUFError, GGUFHeader, format_size_label, read_header
+from app.core.catalog.gguf import reader as gguf_reader
+from app.core.catalog.gguf import strings as gguf_strings
+from app.core.catalog.gguf.header import ArrayInfo, GGUFError, GGUFHeader, format_size_label
+from app.core.catalog.gguf.reader import read_header
 from tests.support.gguf_files import write_gguf
 
 T = gguf.GGUFValueType
@@ -294,14 +296,14 @@ def test_string_array_walk_property(items: list[bytes]) -> None:
 
 def test_string_array_walk_uses_the_vectorised_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    real = gguf_header._candidates
+    real = gguf_strings._candidates
 
     def spy(s: Any, width: int) -> Any:
         out = real(s, width)
         calls.append(len(out[0]))
         return out
 
-    monkeypatch.setattr(gguf_header, "_candidates", spy)
+    monkeypatch.setattr(gguf_strings, "_candidates", spy)
     assert_walk(tmp_path, [b"tok%d" % i for i in range(20_000)])
     assert calls and sum(calls) >= 20_000
 
@@ -316,7 +318,7 @@ def test_string_array_walk_with_lying_item(tmp_path: Path) -> None:
 
 
 def test_string_array_item_over_cap(tmp_path: Path) -> None:
-    items = [b"a"] * 100 + [b"b" * (gguf_header.MAX_STRING_BYTES + 1)]
+    items = [b"a"] * 100 + [b"b" * (gguf_reader.MAX_STRING_BYTES + 1)]
     expect_error(sentinel_file(tmp_path, items), "over the 1048576-byte limit")
 
 

@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from app.core.catalog.discovery.found import FoundModel, ScanProblem, ScanResult
-from app.core.catalog.gguf.header import GGUFError, GGUFHeader, read_header
+from app.core.catalog.gguf.header import GGUFError, GGUFHeader
+from app.core.catalog.gguf.reader import read_header
 
 # llama.cpp's gguf-split names parts "<base>-00001-of-00003.gguf" (1-based; split.no is 0-based).
 _SPLIT_NAME = re.compile(r"(?P<base>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf", re.IGNORECASE)

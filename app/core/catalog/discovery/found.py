@@ -11,7 +11,8 @@ from app.core.catalog.gguf.header import GGUFHeader
 class FoundModel:
     """One runnable model as found on disk (split parts grouped, projector attached)."""
 
-    name: str  # base name used for the id, e.g. "smollm2-135m-instruct", "smollm2", "bartowski/qwen2.5-0.5b-instruct-gguf"
+    # base name used for the id, e.g. "smollm2-135m-instruct", "smollm2", "bartowski/qwen2.5-0.5b-instruct-gguf"
+    name: str
     tag: str  # quantization in lower case ("q4_1") or Ollama's tag ("latest")
     source: str  # "hf" | "ollama" | "lmstudio" | "folder" | "embedded"
     path: str  # the file to load: the single file or split part 1

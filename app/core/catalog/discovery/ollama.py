@@ -14,7 +14,8 @@ from typing import Any
 
 from app.core.catalog.discovery.files import expand_user, not_a_model_reason, walk_files
 from app.core.catalog.discovery.found import FoundModel, ScanProblem, ScanResult
-from app.core.catalog.gguf.header import GGUFError, GGUFHeader, read_header
+from app.core.catalog.gguf.header import GGUFError, GGUFHeader
+from app.core.catalog.gguf.reader import read_header
 
 SOURCE = "ollama"
 DEFAULT_REGISTRY = "registry.ollama.ai"
@@ -153,6 +154,7 @@ class _Blobs:
             )
         return blob, header
 
-    def _problem(self, manifest: str, reason: str) -> None:
+    def _problem(self, manifest: str, reason: str) -> tuple[str, GGUFHeader] | None:
+        """Record why the manifest is skipped; None, so that `read` can return it."""
         self.problems.append(ScanProblem(manifest, SOURCE, reason))
         return None

@@ -8,89 +8,16 @@ jobs one at a time from its queue, streaming `chunk` messages and ending each jo
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import queue
 import socket
 import sys
 import threading
-from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-import llama_cpp
-from llama_cpp import Llama
-
-from app.core.runtime.local.prompt_cache import PromptCache, common_prefix
-
-
-class MeteredLlama(Llama):
-    """Llama that restores cached conversation states and reports how many prompt tokens it reused."""
-
-    prompt_cache: PromptCache | None = None
-
-    def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:  # type: ignore[override]
-        tokens = list(tokens)
-        stats = self.request_stats = {"prompt_tokens": len(tokens), "first_eval": None, "completion_tokens": 0}
-        self._restore_best(tokens)
-        vocab = self._model.vocab
-        for token in super().generate(tokens, *args, **kwargs):
-            if not llama_cpp.llama_vocab_is_eog(vocab, token):
-                stats["completion_tokens"] += 1
-            yield token
-
-    def _restore_best(self, tokens: list[int]) -> None:
-        """Load the cached state that shares more of this prompt than the current one does."""
-        if self.prompt_cache is None:
-            return
-        current = common_prefix(self.input_ids[: self.n_tokens].tolist(), tokens)
-        found = self.prompt_cache.best(tokens)
-        if found is None or found[2] <= current:
-            return
-        key, data, _ = found
-        ctx = self._ctx.ctx
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
-        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
-        if llama_cpp.llama_state_seq_set_data(ctx, buffer, len(data), 0) != len(data):
-            self.reset()
-            return
-        self.input_ids[: len(key)] = key
-        self.n_tokens = len(key)
-        self._requires_eval = True
-
-    def save_state_to_cache(self) -> None:
-        """Remember the conversation just served (its KV data only)."""
-        if self.prompt_cache is None or self.n_tokens == 0:
-            return
-        ctx = self._ctx.ctx
-        size = llama_cpp.llama_state_seq_get_size(ctx, 0)
-        buffer = (ctypes.c_uint8 * size)()
-        written = llama_cpp.llama_state_seq_get_data(ctx, buffer, size, 0)
-        self.prompt_cache.put(self.input_ids[: self.n_tokens].tolist(), ctypes.string_at(buffer, written))
-
-    def eval(self, tokens: Any) -> None:
-        stats = getattr(self, "request_stats", None)
-        # The first eval of a request is the part of the prompt the cache did not hold.
-        if stats is not None and stats["first_eval"] is None:
-            stats["first_eval"] = len(tokens)
-        super().eval(tokens)
-
-    def use_threads(self, generation: int, prompt: int) -> None:
-        """Change the threads llama.cpp decodes with (the pool shares the CPU among its workers)."""
-        if (generation, prompt) != (self.n_threads, self.n_threads_batch):
-            llama_cpp.llama_set_n_threads(self._ctx.ctx, generation, prompt)
-            self.n_threads, self.n_threads_batch = generation, prompt
-
-    def usage(self) -> dict[str, int]:
-        stats = getattr(self, "request_stats", None) or {"prompt_tokens": 0, "first_eval": 0, "completion_tokens": 0}
-        prompt = stats["prompt_tokens"]
-        evaluated = prompt if stats["first_eval"] is None else stats["first_eval"]
-        return {
-            "prompt_tokens": prompt,
-            "completion_tokens": stats["completion_tokens"],
-            "total_tokens": prompt + stats["completion_tokens"],
-            "cached_tokens": max(0, prompt - evaluated),
-        }
+from app.core.runtime.local.llama import MeteredLlama
+from app.core.runtime.local.prompt_cache import PromptCache
 
 
 class Worker:
@@ -165,7 +92,8 @@ class Worker:
             self.send({"id": job_id, "type": "done", "result": result})
             return
         if op == "chat":
-            stream = self.llm.create_chat_completion(**params, stream=True)
+            # With stream=True, a generator of chunk dicts (the library's annotations cover both modes).
+            stream: Any = self.llm.create_chat_completion(**params, stream=True)
         elif op == "completion":
             stream = self.llm.create_completion(**params, stream=True)
         else:
@@ -173,7 +101,7 @@ class Worker:
         finish_reason = None
         for chunk in stream:
             if job_id in self._cancelled or self._closing.is_set():
-                stream.close()  # type: ignore[union-attr]
+                stream.close()
                 finish_reason = "cancelled"
                 break
             self.send({"id": job_id, "type": "chunk", "data": chunk})

@@ -8,11 +8,10 @@ generator early closes the HTTP response, which makes the remote stop its own ge
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,10 +20,10 @@ import httpx
 
 from app.core.catalog.capabilities import CHAT, COMPLETION, KNOWN
 from app.core.errors import InvalidRequest, InvalidValue, ModelUnavailable, SwitchboardError, WorkerCrashed
+from app.core.runtime.remote import sse
 
 _PATHS = {"chat": "/chat/completions", "completion": "/completions", "embeddings": "/embeddings"}
 _MAX_REDIRECTS = 3
-_MESSAGE_LIMIT = 500
 
 
 @dataclass
@@ -175,7 +174,7 @@ class RemoteHandle:
                 raise WorkerCrashed(f"{self._where()} unreachable: no answer within the timeout "
                                     f"({type(exc).__name__})") from None
             except (httpx.TransportError, OSError) as exc:
-                raise WorkerCrashed(f"{self._where()} unreachable: {_describe(exc)}") from None
+                raise WorkerCrashed(f"{self._where()} unreachable: {sse.describe(exc)}") from None
             if not response.is_redirect:
                 return response
             await response.aclose()
@@ -197,7 +196,7 @@ class RemoteHandle:
         try:
             return json.loads(await response.aread())
         except (httpx.HTTPError, ValueError) as exc:
-            raise error(f"{self._where()} sent {what}: {_describe(exc)}") from None
+            raise error(f"{self._where()} sent {what}: {sse.describe(exc)}") from None
         finally:
             await response.aclose()
 
@@ -209,7 +208,7 @@ class RemoteHandle:
             body = b""
         finally:
             await response.aclose()
-        message, code = _error_message(body)
+        message, code = sse.error_message(body)
         status = response.status_code
         text = f"{self._where()} answered HTTP {status}: {message or response.reason_phrase}"
         if status == 404:
@@ -221,7 +220,7 @@ class RemoteHandle:
         # The remote's own error code is left out: e.g. its "invalid_api_key" is not the client's key.
         raise InvalidRequest(text)
 
-    async def run(self, op: str, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def run(self, op: str, params: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         """Yield `chunk` messages, then one `done` with usage, like WorkerHandle.run.
 
         Usage comes from the remote's usage chunk when it sends one. A remote that sends none gets
@@ -245,7 +244,8 @@ class RemoteHandle:
                 if response.status_code >= 300:
                     await self._fail(response, path)
                 content_type = response.headers.get("content-type", "")
-                messages = (self._stream(response, op) if "json" not in content_type
+                messages = (sse.messages(response.aiter_lines(), op, self._where(), self.spec.timeout_s)
+                            if "json" not in content_type
                             else self._whole(response, op))
                 async with contextlib.aclosing(messages):
                     async for message in messages:
@@ -268,14 +268,14 @@ class RemoteHandle:
             raise ModelUnavailable(f"{self._where()} sent an embeddings response without 'data'")
         return result
 
-    async def _whole(self, response: httpx.Response, op: str) -> AsyncIterator[dict[str, Any]]:
+    async def _whole(self, response: httpx.Response, op: str) -> AsyncGenerator[dict[str, Any], None]:
         """A remote that ignored stream=True and sent one JSON body: replay it as a single chunk."""
         try:
             body = json.loads(await response.aread())
         except httpx.TimeoutException:
             raise WorkerCrashed(f"{self._where()} did not answer within {self.spec.timeout_s:.0f} s") from None
         except (httpx.HTTPError, OSError, ValueError) as exc:
-            raise WorkerCrashed(f"{self._where()} sent a broken response: {_describe(exc)}") from None
+            raise WorkerCrashed(f"{self._where()} sent a broken response: {sse.describe(exc)}") from None
         if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
             raise ModelUnavailable(f"{self._where()} sent a response without 'choices'")
         choices = []
@@ -292,72 +292,7 @@ class RemoteHandle:
                  "created": body.get("created", int(time.time())), "model": body.get("model", self.spec.model),
                  "choices": choices}
         yield {"type": "chunk", "data": chunk}
-        yield {"type": "done", "finish_reason": None, "usage": _usage(body.get("usage"), 1)}
-
-    async def _stream(self, response: httpx.Response, op: str) -> AsyncIterator[dict[str, Any]]:
-        usage: dict[str, Any] | None = None
-        content_chunks = 0
-        finished = done = False
-        data: list[str] = []
-        event = ""
-        try:
-            lines = response.aiter_lines()
-            while True:
-                try:
-                    line = await anext(lines)
-                except StopAsyncIteration:
-                    line = None
-                if line:
-                    if line.startswith(":"):
-                        continue  # comment / keep-alive ping
-                    name, _, value = line.partition(":")
-                    value = value[1:] if value.startswith(" ") else value
-                    if name == "data":
-                        data.append(value)
-                    elif name == "event":
-                        event = value.strip()
-                    continue
-                # A blank line (or the end of the body) dispatches the event gathered so far.
-                if data:
-                    payload, data = "\n".join(data), []
-                    if payload.strip() == "[DONE]":
-                        done = True
-                        break
-                    try:
-                        chunk = json.loads(payload)
-                    except ValueError:
-                        raise ModelUnavailable(f"{self._where()} sent a malformed event: {payload[:200]!r}") from None
-                    if event == "error" or (isinstance(chunk, dict) and chunk.get("error") is not None):
-                        message, _ = _error_message(payload.encode())
-                        raise ModelUnavailable(f"{self._where()} failed mid-stream: {message}")
-                    if not isinstance(chunk, dict):
-                        raise ModelUnavailable(f"{self._where()} sent a malformed event: {payload[:200]!r}")
-                    if chunk.get("usage"):
-                        usage = chunk["usage"]
-                    chunk.pop("usage", None)
-                    choices = chunk.get("choices") or []
-                    if not choices:
-                        continue  # the usage-only chunk, or an empty keep-alive
-                    for choice in choices:
-                        piece = choice.get("delta", {}).get("content") if op == "chat" else choice.get("text")
-                        if piece or (op == "chat" and choice.get("delta", {}).get("tool_calls")):
-                            content_chunks += 1
-                            break
-                    if any(choice.get("finish_reason") for choice in choices):
-                        finished = True
-                    yield {"type": "chunk", "data": chunk}
-                event = ""
-                if line is None:
-                    break
-            if done:
-                await _drain(lines)
-        except httpx.TimeoutException:
-            raise WorkerCrashed(f"{self._where()} stopped sending within {self.spec.timeout_s:.0f} s") from None
-        except (httpx.TransportError, OSError) as exc:
-            raise WorkerCrashed(f"{self._where()} broke the connection mid-stream: {_describe(exc)}") from None
-        if not (done or finished):
-            raise WorkerCrashed(f"{self._where()} ended the stream before it was complete")
-        yield {"type": "done", "finish_reason": None, "usage": _usage(usage, content_chunks)}
+        yield {"type": "done", "finish_reason": None, "usage": sse.usage(body.get("usage"), 1)}
 
     # -- health ---------------------------------------------------------------------------------------
 
@@ -373,12 +308,12 @@ class RemoteHandle:
             try:
                 body = await response.aread()
             except httpx.HTTPError as exc:
-                return False, time.perf_counter() - start, f"{self._where()} unreachable: {_describe(exc)}"
+                return False, time.perf_counter() - start, f"{self._where()} unreachable: {sse.describe(exc)}"
             finally:
                 await response.aclose()
             if response.is_success:
                 return True, time.perf_counter() - start, None
-            message, _ = _error_message(body)
+            message, _ = sse.error_message(body)
             reason = f"{self._where()} answered HTTP {response.status_code} for {url}: " \
                      f"{message or response.reason_phrase}"
             if response.status_code in (401, 403):
@@ -398,49 +333,3 @@ class RemoteHandle:
         return [str(item.get("id") or item.get("name")) for item in items
                 if isinstance(item, dict) and (item.get("id") or item.get("name"))]
 
-
-async def _drain(lines: AsyncIterator[str]) -> None:
-    """Read the end of the body after [DONE], so the connection goes back to the pool for the next request."""
-    try:
-        async with asyncio.timeout(1.0):
-            async for _ in lines:
-                pass
-    except (TimeoutError, httpx.HTTPError, OSError):
-        pass  # the response is closed anyway; only keep-alive is lost
-
-
-def _usage(raw: dict[str, Any] | None, content_chunks: int) -> dict[str, int]:
-    if not isinstance(raw, dict):
-        return {"prompt_tokens": 0, "completion_tokens": content_chunks, "total_tokens": content_chunks,
-                "cached_tokens": 0}
-    prompt = int(raw.get("prompt_tokens") or 0)
-    completion = int(raw.get("completion_tokens") or 0)
-    details = raw.get("prompt_tokens_details")
-    cached = int(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": int(raw.get("total_tokens") or prompt + completion), "cached_tokens": cached}
-
-
-def _error_message(body: bytes) -> tuple[str, str | None]:
-    """The message (and code) in an error body: OpenAI's envelope, {"error": "..."}, FastAPI's detail, or text."""
-    text = body.decode("utf-8", "replace").strip()
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return text[:_MESSAGE_LIMIT], None
-    code = None
-    if isinstance(data, dict):
-        error = data.get("error", data.get("detail", data.get("message")))
-        if isinstance(error, dict):
-            code = error.get("code")
-            error = error.get("message") or error.get("msg") or json.dumps(error)
-        elif isinstance(error, list) and error and isinstance(error[0], dict):
-            error = error[0].get("msg") or json.dumps(error[0])
-        if error is not None:
-            return str(error)[:_MESSAGE_LIMIT], code if isinstance(code, str) else None
-    return text[:_MESSAGE_LIMIT], None
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) < _MESSAGE_LIMIT else text[:_MESSAGE_LIMIT] + "..."
