@@ -1,13 +1,13 @@
 """Event-loop lag of the desktop app: does the window stay responsive while the core works?
 
-The real app in this process (app.ui.app.Desktop: QApplication, the qasync loop, Engine, the HTTP server and
+The real app in this process (app.ui.app.Desktop: QApplication, the qasync loop, Services, the HTTP server and
 the main window, offscreen), on a temporary SWITCHBOARD_HOME. A probe task on the app's loop sleeps 10 ms
 again and again; each wake-up's delay beyond the 10 ms is the lag a click or a repaint would have waited.
 A QTimer cycles through the window's tabs once a second meanwhile, so every view's refresh is counted.
 
   idle     the app with the default model loaded and nothing to do (the baseline)
   stream   a client in another thread streams chat completions from the default model at full speed
-  rescan   engine.rescan() again and again over a folder of 300 GGUF files (the registry merge and the
+  rescan   services.models.rescan() again and again over a folder of 300 GGUF files (the registry merge and the
            models table's refresh of 300 rows included)
 
 Target: p99 lag <= 30 ms while streaming and while scanning.
@@ -99,13 +99,13 @@ def _stream_forever(url: str, stop: threading.Event, counts: dict[str, int]) -> 
             counts["requests"] += 1
 
 
-async def _measure(desktop: Any, models: Path) -> dict[str, Any]:
+async def _measure(desktop: Any, folder: Path) -> dict[str, Any]:
     from PySide6.QtCore import QTimer
 
     await desktop.start(tray=False)
-    window, engine = desktop.window, desktop.engine
+    window, models = desktop.window, desktop.services.models
     window.resize(1200, 720)
-    await engine.pool.acquire(engine.registry.resolve(engine.registry.default_id))
+    await models.load(models.default_id)
     cycle = QTimer(interval=1000)
     cycle.timeout.connect(lambda: window.tabs.setCurrentIndex((window.tabs.currentIndex() + 1) % window.tabs.count()))
     cycle.start()
@@ -130,13 +130,13 @@ async def _measure(desktop: Any, models: Path) -> dict[str, Any]:
     await asyncio.to_thread(client.join, 130)
     results["stream"] = _stats(samples, tokens_per_s=round(rate, 1))
 
-    engine.config.model_dirs.append(str(models))
+    models.add_folder(str(folder))
     probe.start()
     scans, started = 0, time.monotonic()
     scan_s: list[float] = []
     while time.monotonic() - started < SECONDS:
         t0 = time.monotonic()
-        result = await engine.rescan()
+        result = await models.rescan()
         scan_s.append(time.monotonic() - t0)
         scans += 1
         await asyncio.sleep(0.05)
@@ -174,8 +174,8 @@ def main() -> bool:
     ]
     table = "\n".join(["| while | samples | p50 lag (ms) | p99 lag (ms) | max (ms) | |",
                        "|---|---:|---:|---:|---:|---|"] +
-                      [f"| {name} | {r['samples']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} | {note} |"
-                       for name, r, note in rows])
+                      [f"| {name} | {r['samples']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['max_ms']:.1f} "
+                       f"| {note} |" for name, r, note in rows])
     verdict = f"target p99 <= {TARGET_P99_MS:.0f} ms while streaming and while scanning: {'met' if met else 'missed'}"
     print(table)
     print(verdict)

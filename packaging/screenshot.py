@@ -17,6 +17,10 @@ import socket
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.ui.routing.panel import RoutingPanel
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH, HEIGHT = 1480, 820
@@ -43,12 +47,12 @@ async def _session(desktop: object, out: Path) -> list[Path]:
 
     assert isinstance(desktop, Desktop)
     await desktop.start(tray=False)
-    window, engine = desktop.window, desktop.engine
+    window, models = desktop.window, desktop.services.models
     assert window is not None
     window.resize(WIDTH, HEIGHT)
     window.move(20, 20)
-    default = engine.registry.resolve(engine.registry.default_id or "")
-    await engine.pool.acquire(default)
+    default = models.resolve(models.default_id or "")
+    await models.load(default.id)
 
     def ask(question: str) -> None:
         httpx.post(f"{desktop.controller.url}/chat/completions", timeout=120, json={
@@ -77,16 +81,11 @@ async def _session(desktop: object, out: Path) -> list[Path]:
     return saved
 
 
-def _show_a_dry_run(routing: object) -> None:
-    """The Routing tab shows its "Try a request" page with a decision (when the panel has one)."""
-    tabs, prompt, route = (getattr(routing, n, None) for n in ("tabs", "try_prompt", "try_request"))
-    if tabs is None or prompt is None or route is None:
-        return
-    for index in range(tabs.count()):
-        if tabs.tabText(index).lower().startswith("try"):
-            tabs.setCurrentIndex(index)
-    prompt.setPlainText("Write a Python function that reverses a list.")
-    route()
+def _show_a_dry_run(routing: RoutingPanel) -> None:
+    """The Routing tab shows its "Try a request" page with a decision."""
+    routing.tabs.setCurrentWidget(routing.try_tab)
+    routing.try_tab.try_prompt.setPlainText("Write a Python function that reverses a list.")
+    routing.try_tab.try_request()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,80 +1,35 @@
-"""The desktop app: one process, the Qt main thread running asyncio through qasync.
+"""The desktop app, composed: one process, the Qt main thread running asyncio through qasync.
 
-The Engine (registry, pool, router) and the HTTP server run on that loop; model work stays in the worker
-processes. `Desktop` builds QApplication + QEventLoop + Engine + ServerController (the tests and the benchmark
-build theirs the same way), `Desktop.run()` is the app's life: start, wait for quit, shut down.
+The core (behind its Services) and the HTTP server run on that loop; model work stays in the worker processes.
+`Desktop` builds QApplication + QEventLoop + Services + ServerController (the tests and the benchmark build
+theirs the same way), `Desktop.run()` is the app's life: start, wait for quit, shut down.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, TypeVar
 
 # PySide6 before qasync: qasync picks the first Qt binding already imported.
-from PySide6.QtGui import QIcon
 from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 
 import qasync  # isort: skip
 
 from app.core.config import Config
-from app.core.engine import Engine
-from app.core.storage.store import Store
-from app.ui.server_control import ServerController
+from app.core.services import Services
+from app.server.run import StartupError, check_exposure
+from app.ui.main_window import MainWindow
+from app.ui.server.control import ServerController
+from app.ui.support import icon, spawn
+from app.ui.tray import Tray
 
 if TYPE_CHECKING:
-    from app.ui.main_window import MainWindow
-    from app.ui.tray import Tray
+    from app.core.storage.store import Store
 
-log = logging.getLogger(__name__)
-
-RESOURCES = Path(__file__).resolve().parents[2] / "resources"
-_TASKS: set[asyncio.Task[Any]] = set()
 T = TypeVar("T")
-
-
-def spawn(coro: Coroutine[Any, Any, Any], *, on_error: Callable[[BaseException], None] | None = None,
-          name: str | None = None) -> asyncio.Task[Any]:
-    """Start `coro` on the running loop from a Qt slot, keeping a strong reference until it ends.
-
-    A failure goes to `on_error` (shown by the caller), else to the log; it never vanishes silently.
-    """
-    task = asyncio.ensure_future(coro)
-    if name:
-        task.set_name(name)
-    _TASKS.add(task)
-
-    def done(t: asyncio.Task[Any]) -> None:
-        _TASKS.discard(t)
-        if t.cancelled():
-            return
-        exc = t.exception()
-        if exc is None:
-            return
-        if on_error is not None:
-            on_error(exc)
-        else:
-            log.error("background task %s failed", t.get_name(), exc_info=exc)
-
-    task.add_done_callback(done)
-    return task
-
-
-def icon(name: str = "switchboard") -> QIcon:
-    """An icon from resources/: the SVG, with the rendered PNG sizes added where they exist."""
-    result = QIcon()
-    svg = RESOURCES / f"{name}.svg"
-    if svg.exists():
-        result.addFile(str(svg))
-    for size in (16, 32, 64, 128, 256):
-        png = RESOURCES / f"{name}-{size}.png"
-        if png.exists():
-            result.addFile(str(png))
-    return result
 
 
 def qt_app(argv: list[str] | None = None) -> QApplication:
@@ -91,7 +46,7 @@ def qt_app(argv: list[str] | None = None) -> QApplication:
 
 
 class Desktop:
-    """QApplication, the qasync loop installed as the current loop, the Engine and the server controller."""
+    """QApplication, the qasync loop installed as the current loop, the core's Services and the server controller."""
 
     def __init__(self, config: Config, *, store: Store | None = None, argv: list[str] | None = None) -> None:
         self.qapp = qt_app(argv)
@@ -100,8 +55,8 @@ class Desktop:
         # running loop. (qasync's run_until_complete processes events after it unset the running loop.)
         self.loop = qasync.QEventLoop(self.qapp, already_running=True)
         asyncio.set_event_loop(self.loop)
-        self.engine = Engine(config, store)
-        self.controller = ServerController(self.engine)
+        self.services = Services.create(config, store=store)
+        self.controller = ServerController(self.services)
         self.window: MainWindow | None = None
         self.tray: Tray | None = None
         self.first_run = False
@@ -116,17 +71,13 @@ class Desktop:
         First run (an empty registry before the scan): the default locations are scanned, what was found is
         shown, and the default model is loaded so the server answers at once.
         """
-        from app.ui.main_window import MainWindow
-
-        self.first_run = not self.engine.registry.list()
-        await self.engine.start()
-        self.window = MainWindow(self.engine, self.controller)
+        self.first_run = not self.services.models.all()
+        await self.services.start()
+        self.window = MainWindow(self.services, self.controller)
         self.window.quit_requested.connect(self.quit)
         use_tray = QSystemTrayIcon.isSystemTrayAvailable() if tray is None else tray
         if use_tray:
-            from app.ui.tray import Tray
-
-            self.tray = Tray(self.engine, self.controller, self.window)
+            self.tray = Tray(self.services, self.controller, self.window)
             self.tray.quit_requested.connect(self.quit)
             self.tray.show()
         self.window.set_tray_available(self.tray is not None)
@@ -135,14 +86,13 @@ class Desktop:
         await self.controller.start()
         self.found_message = self._describe_scan()
         self.window.statusBar().showMessage(self.found_message, 0 if self.first_run else 15000)
-        default = self.engine.registry.default_id
+        default = self.services.models.default_id
         if self.first_run and default is not None and self.controller.running:
-            entry = self.engine.registry.resolve(default)
-            spawn(self.engine.pool.acquire(entry), name=f"first-load-{default}",
+            spawn(self.services.models.load(default), name=f"first-load-{default}",
                   on_error=lambda exc: self._status(f"Could not load {default}: {exc}"))
 
     def quit(self) -> None:
-        """Ask the app to end: run() then stops the server, closes the engine and returns."""
+        """Ask the app to end: run() then stops the server, closes the core and returns."""
         self._quit.set()
 
     async def run(self) -> int:
@@ -154,18 +104,18 @@ class Desktop:
         return 0
 
     async def shutdown(self) -> None:
-        """Stop the server (should_exit), close the engine (workers end), then the window and tray."""
+        """Close the window and the tray, stop the server (should_exit), then close the core (workers end)."""
         if self._closed:
             return
         self._closed = True
-        # The window first: its views' timers read the engine and the store, which close below.
+        # The window first: its views' timers read the core and its store, which close below.
         if self.tray is not None:
             self.tray.hide()
         if self.window is not None:
             self.window.save_geometry()
             self.window.close_for_quit()
         await self.controller.stop()
-        await self.engine.close()
+        await self.services.close()
 
     def run_until_complete(self, coro: Awaitable[T]) -> T:
         """Turn Qt's event loop (and so the asyncio loop) until `coro` is done; return its result.
@@ -210,14 +160,14 @@ class Desktop:
 
     # -- helpers -------------------------------------------------------------------------------
     def _describe_scan(self) -> str:
-        scan = self.engine.last_scan
-        models = self.engine.registry.available()
-        default = self.engine.registry.default_id or "none"
+        scan = self.services.models.last_scan
+        models = self.services.models.available()
+        default = self.services.models.default_id or "none"
         where = self.controller.url or f"not serving ({self.controller.error})"
         found = f"found {len(scan.models)} model(s)" if scan else f"{len(models)} model(s)"
         if scan is not None and scan.problems:
             found += f", {len(scan.problems)} problem(s)"
-        places = "the usual places" if self.engine.config.discovery else "the default model and your folders"
+        places = "the usual places" if self.services.config.discovery else "the default model and your folders"
         prefix = f"First run: scanned {places}, " if self.first_run else ""
         return f"{prefix}{found}; default {default}; {where}"
 
@@ -228,8 +178,6 @@ class Desktop:
 
 def run_gui(config: Config) -> int:
     """`switchboard gui`: the window, the tray and the server in this process until the user quits."""
-    from app.server.run import StartupError, check_exposure
-
     try:
         check_exposure(config)
     except StartupError as exc:

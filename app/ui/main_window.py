@@ -1,4 +1,4 @@
-"""The main window: Models, Resources, Routing and Server tabs over one Engine.
+"""The main window: Models, Resources, Routing and Server tabs over one Services.
 
 Closing it hides it into the tray (the server keeps serving) where a tray exists and the "close_to_tray"
 setting is on; elsewhere it asks, with a message box opened by open() (no nested exec), whether to quit.
@@ -10,12 +10,12 @@ from PySide6.QtCore import QByteArray, Qt, QTimer, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QTabWidget, QWidget
 
-from app.core.engine import Engine
-from app.ui.models_view import ModelsPanel
-from app.ui.resources_view import ResourcesPanel
-from app.ui.routing_view import RoutingPanel
-from app.ui.server_control import ServerController
-from app.ui.server_view import ServerPanel
+from app.core.services import Services
+from app.ui.models.panel import ModelsPanel
+from app.ui.resources.panel import ResourcesPanel
+from app.ui.routing.panel import RoutingPanel
+from app.ui.server.control import ServerController
+from app.ui.server.panel import ServerPanel
 
 GEOMETRY_KEY = "window_geometry"
 CLOSE_TO_TRAY_KEY = "close_to_tray"
@@ -25,14 +25,14 @@ ASK = "ask"
 
 
 class MainWindow(QMainWindow):
-    # The user chose to quit (menu, or closing without a tray): the app stops the server and the engine.
+    # The user chose to quit (menu, or closing without a tray): the app stops the server and the core.
     quit_requested = Signal()
     # The window hid into the tray (the tray shows a one-time notice).
     tray_hint = Signal()
 
-    def __init__(self, engine: Engine, controller: ServerController, parent: QWidget | None = None) -> None:
+    def __init__(self, services: Services, controller: ServerController, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.engine = engine
+        self.services = services
         self.controller = controller
         self._tray_available = False
         self._quitting = False
@@ -41,10 +41,10 @@ class MainWindow(QMainWindow):
 
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
-        self.models_panel = ModelsPanel(engine, self)
-        self.resources_panel = ResourcesPanel(engine, self)
-        self.routing_panel = RoutingPanel(engine, self)
-        self.server_panel = ServerPanel(engine, controller, self)
+        self.models_panel = ModelsPanel(services, self)
+        self.resources_panel = ResourcesPanel(services, self)
+        self.routing_panel = RoutingPanel(services, self)
+        self.server_panel = ServerPanel(services, controller, self)
         self.tabs.addTab(self.models_panel, "Models")
         self.tabs.addTab(self.resources_panel, "Resources")
         self.tabs.addTab(self.routing_panel, "Routing")
@@ -75,10 +75,10 @@ class MainWindow(QMainWindow):
     # -- settings ------------------------------------------------------------------------------
     @property
     def close_to_tray(self) -> bool:
-        return bool(self.engine.store.get_setting(CLOSE_TO_TRAY_KEY, True))
+        return bool(self.services.settings.get(CLOSE_TO_TRAY_KEY, True))
 
     def set_close_to_tray(self, on: bool) -> None:
-        self.engine.store.set_setting(CLOSE_TO_TRAY_KEY, bool(on))
+        self.services.settings.set(CLOSE_TO_TRAY_KEY, bool(on))
 
     def set_tray_available(self, available: bool) -> None:
         self._tray_available = available
@@ -86,10 +86,10 @@ class MainWindow(QMainWindow):
 
     def save_geometry(self) -> None:
         encoded = bytes(self.saveGeometry().toBase64().data()).decode("ascii")
-        self.engine.store.set_setting(GEOMETRY_KEY, encoded)
+        self.services.settings.set(GEOMETRY_KEY, encoded)
 
     def restore_geometry(self) -> bool:
-        encoded = self.engine.store.get_setting(GEOMETRY_KEY)
+        encoded = self.services.settings.get(GEOMETRY_KEY)
         if not isinstance(encoded, str) or not encoded:
             return False
         return self.restoreGeometry(QByteArray.fromBase64(encoded.encode("ascii")))
@@ -136,7 +136,7 @@ class MainWindow(QMainWindow):
         """The app is ending: close for real."""
         self._quitting = True
         self.models_panel.model.detach()
-        # Every view's refresh timer stops: the engine and its store are about to close.
+        # Every view's refresh timer stops: the core and its store are about to close.
         for timer in self.findChildren(QTimer):
             timer.stop()
         self.close()

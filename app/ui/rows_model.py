@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt
@@ -40,3 +41,19 @@ class RowsTableModel(QAbstractTableModel):
 
     def row(self, index: int) -> dict[str, Any]:
         return self._rows[index]
+
+
+class ReplacedRowsModel(RowsTableModel):
+    """Rows replaced wholesale on each refresh (a routing decision's candidates, an experiment's arm results)."""
+
+    def set_rows(self, rows: Sequence[dict[str, Any]]) -> None:
+        rows = list(rows)
+        if rows == self._rows:
+            return
+        if len(rows) == len(self._rows) and self._rows:
+            self._rows = rows  # same shape (a refresh of live numbers): no reset, the selection stays
+            self.dataChanged.emit(self.index(0, 0), self.index(len(rows) - 1, len(self.COLUMNS) - 1))
+            return
+        self.beginResetModel()
+        self._rows = rows
+        self.endResetModel()

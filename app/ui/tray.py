@@ -6,20 +6,20 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QAction, QActionGroup
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
-from app.core.engine import Engine
 from app.core.errors import SwitchboardError
-from app.ui.app import icon, spawn
+from app.core.services import Services
 from app.ui.main_window import MainWindow
-from app.ui.server_control import ServerController
+from app.ui.server.control import ServerController
+from app.ui.support import icon, spawn
 
 
 class Tray(QObject):
     quit_requested = Signal()
 
-    def __init__(self, engine: Engine, controller: ServerController, window: MainWindow,
+    def __init__(self, services: Services, controller: ServerController, window: MainWindow,
                  parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self.engine = engine
+        self.services = services
         self.controller = controller
         self.window = window
         self._told_about_tray = False
@@ -33,7 +33,7 @@ class Tray(QObject):
         self.strategy_menu = self.menu.addMenu("Routing strategy")
         self.strategy_group = QActionGroup(self)
         self.strategy_group.setExclusive(True)
-        for name in engine.router.describe()["available"]:
+        for name in services.routing.strategies():
             action = QAction(name.replace("_", " "), self.strategy_group)
             action.setData(name)
             action.setCheckable(True)
@@ -65,7 +65,7 @@ class Tray(QObject):
 
     def switch_strategy(self, name: str) -> bool:
         try:
-            self.engine.configure_router(name)
+            self.services.routing.configure(name)
         except SwitchboardError as exc:
             self._notify("Routing strategy unchanged", exc.message)
             self.sync_strategy()
@@ -75,7 +75,7 @@ class Tray(QObject):
 
     def sync_strategy(self) -> None:
         """Check the strategy the router uses now (it may have changed in the window or through the API)."""
-        current = self.engine.router.describe()["strategy"]
+        current = self.services.routing.strategy
         for action in self.strategy_group.actions():
             action.setChecked(action.data() == current)
 

@@ -26,12 +26,12 @@ from PySide6.QtWidgets import QMessageBox  # noqa: E402
 from app.cli import has_display  # noqa: E402
 from app.core.config import Config  # noqa: E402
 from app.core.routing.needs import translate  # noqa: E402
-from app.core.routing.router import RouteRequest  # noqa: E402
+from app.core.routing.request import RouteRequest  # noqa: E402
 from app.ui.app import Desktop  # noqa: E402
 from app.ui.main_window import ASK, HIDE, MainWindow  # noqa: E402
 from app.ui.tray import Tray  # noqa: E402
+from tests.support.qt_loop import engine_of, run, until
 from tests.support.servers import free_port  # noqa: E402
-from tests.support.qt_loop import run, until
 
 DEFAULT_ID = "smollm2-135m-instruct:q4_1"
 
@@ -87,7 +87,7 @@ def test_the_server_answers_the_openai_client_while_the_window_is_up(desktop: De
     desktop.quit()
     run(desktop, desktop.shutdown())
     assert not desktop.controller.running
-    assert not desktop.engine.pool.loaded()
+    assert not engine_of(desktop).pool.loaded()
 
 
 def test_without_a_tray_the_app_runs_and_closing_asks(desktop: Desktop, qtbot: object) -> None:
@@ -128,13 +128,13 @@ def test_with_a_tray_closing_hides_and_keeps_serving(desktop: Desktop) -> None:
     assert window.isVisible()
     # The setting turns it off: then closing asks.
     window.act_close_to_tray.setChecked(False)
-    assert desktop.engine.store.get_setting("close_to_tray") is False
+    assert engine_of(desktop).store.get_setting("close_to_tray") is False
     assert window.close_decision() == ASK
 
 
 def test_tray_menu_switches_strategy_and_server(desktop: Desktop) -> None:
     run(desktop, desktop.start(tray=True))
-    tray, engine = desktop.tray, desktop.engine
+    tray, engine = desktop.tray, engine_of(desktop)
     assert tray is not None
     names = [a.data() for a in tray.strategy_group.actions()]
     assert names == engine.router.describe()["available"]
@@ -166,10 +166,10 @@ def test_a_port_in_use_is_reported_not_fatal(desktop: Desktop) -> None:
     try:
         states: list[tuple[bool, str, str]] = []
         desktop.controller.state_changed.connect(lambda *s: states.append(s))
-        desktop.engine.config.port = busy.getsockname()[1]
+        engine_of(desktop).config.port = busy.getsockname()[1]
         assert run(desktop, desktop.controller.start()) is False
         assert states[-1][0] is False and "Cannot listen" in states[-1][2]
-        desktop.engine.config.port = 0  # the user picks another port in the Server tab
+        engine_of(desktop).config.port = 0  # the user picks another port in the Server tab
         assert run(desktop, desktop.controller.restart()) is True
         assert states[-1][0] is True and states[-1][1].startswith("http://127.0.0.1:")
         run(desktop, desktop.controller.stop())
@@ -179,13 +179,13 @@ def test_a_port_in_use_is_reported_not_fatal(desktop: Desktop) -> None:
 
 
 def test_window_geometry_is_restored(desktop: Desktop, qtbot: object) -> None:
-    run(desktop, desktop.engine.rescan())
-    first = MainWindow(desktop.engine, desktop.controller)
+    run(desktop, desktop.services.models.rescan())
+    first = MainWindow(desktop.services, desktop.controller)
     qtbot.add_widget(first)  # type: ignore[attr-defined]
     first.setGeometry(QRect(20, 30, 760, 520))  # within the offscreen 800x600 screen
     first.show()
     first.save_geometry()
-    second = MainWindow(desktop.engine, desktop.controller)
+    second = MainWindow(desktop.services, desktop.controller)
     qtbot.add_widget(second)  # type: ignore[attr-defined]
     assert (second.width(), second.height()) == (760, 520)
 

@@ -17,11 +17,11 @@ from PySide6.QtTest import QTest  # noqa: E402
 from PySide6.QtWidgets import QStyle, QStyleOptionViewItem  # noqa: E402
 
 from app.core.config import Config  # noqa: E402
-from tests.support.gguf_files import FILE_TYPES, write_gguf  # noqa: E402
 from app.ui.app import Desktop  # noqa: E402
-from app.ui.models_table import COLUMN, ID_ROLE, ModelsTableModel  # noqa: E402
-from app.ui.models_view import ModelsPanel  # noqa: E402
-from tests.support.qt_loop import run, until
+from app.ui.models.panel import ModelsPanel  # noqa: E402
+from app.ui.models.table import COLUMN, ID_ROLE, ModelsTableModel  # noqa: E402
+from tests.support.gguf_files import FILE_TYPES, write_gguf  # noqa: E402
+from tests.support.qt_loop import engine_of, run, until
 
 DEFAULT_ID = "smollm2-135m-instruct:q4_1"
 
@@ -50,8 +50,8 @@ def cell(model: ModelsTableModel, model_id: str, column: str) -> str:
 
 
 def test_table_rows_after_a_scan(desktop: Desktop, qtmodeltester: object) -> None:
-    engine = desktop.engine
-    model = ModelsTableModel(engine, interval_ms=100)
+    engine = engine_of(desktop)
+    model = ModelsTableModel(desktop.services, interval_ms=100)
     assert model.rowCount() == 0
     inserted: list[tuple[int, int]] = []
     model.rowsInserted.connect(lambda _parent, first, last: inserted.append((first, last)))
@@ -93,9 +93,9 @@ def test_table_rows_after_a_scan(desktop: Desktop, qtmodeltester: object) -> Non
 
 
 def test_toggling_enabled_in_the_view_changes_the_registry(desktop: Desktop, qtbot: object) -> None:
-    engine = desktop.engine
+    engine = engine_of(desktop)
     run(desktop, engine.rescan())
-    panel = ModelsPanel(engine)
+    panel = ModelsPanel(desktop.services)
     qtbot.add_widget(panel)  # type: ignore[attr-defined]
     qwen = "qwen2.5-0.5b-instruct:q8_0"
     # The check box in the name column, through the view's (sorting, filtering) proxy.
@@ -103,7 +103,7 @@ def test_toggling_enabled_in_the_view_changes_the_registry(desktop: Desktop, qtb
     index = panel.proxy.mapFromSource(source_index)
     assert panel.proxy.setData(index, Qt.CheckState.Unchecked.value, Qt.ItemDataRole.CheckStateRole)
     assert engine.registry.get(qwen).enabled is False
-    assert qwen not in {e.id for e in engine.registry.available()}
+    assert qwen not in {e.id for e in desktop.services.models.available()}
     # A click on the check box in the view.
     panel.show()
     rect = panel.table.visualRect(index)
@@ -126,9 +126,9 @@ def test_toggling_enabled_in_the_view_changes_the_registry(desktop: Desktop, qtb
 
 
 def test_filter_aliases_capabilities_default_and_pin(desktop: Desktop, qtbot: object) -> None:
-    engine = desktop.engine
+    engine = engine_of(desktop)
     run(desktop, engine.rescan())
-    panel = ModelsPanel(engine)
+    panel = ModelsPanel(desktop.services)
     qtbot.add_widget(panel)  # type: ignore[attr-defined]
     panel.filter.setText("QWEN")
     assert panel.proxy.rowCount() == 1
@@ -157,9 +157,9 @@ def test_filter_aliases_capabilities_default_and_pin(desktop: Desktop, qtbot: ob
 
 
 def test_details_show_gguf_metadata_and_whether_it_fits(desktop: Desktop, qtbot: object) -> None:
-    engine = desktop.engine
+    engine = engine_of(desktop)
     run(desktop, engine.rescan())
-    panel = ModelsPanel(engine)
+    panel = ModelsPanel(desktop.services)
     qtbot.add_widget(panel)  # type: ignore[attr-defined]
     assert panel.select("qwen2.5-0.5b-instruct:q8_0")
     text = panel.details.toPlainText()
@@ -172,12 +172,11 @@ def test_details_show_gguf_metadata_and_whether_it_fits(desktop: Desktop, qtbot:
 
 
 def test_details_say_what_goes_to_the_gpu(desktop: Desktop) -> None:
-    from app.server.manage import model_info
-    from app.ui.models_view import details_html
+    from app.ui.models.details import details_html
 
-    engine = desktop.engine
+    engine = engine_of(desktop)
     run(desktop, engine.rescan())
-    info = model_info(engine, engine.registry.get(DEFAULT_ID))
+    info = desktop.services.models.info(DEFAULT_ID)
     assert info["gpu_layers"] == 0 and info["vram_bytes"] == 0
     whole = details_html({**info, "gpu_layers": -1, "vram_bytes": 200 * 2**20}, engine.pool.budget)
     assert "GPU: every layer (about 200.0 MiB of VRAM)" in whole
@@ -186,9 +185,9 @@ def test_details_say_what_goes_to_the_gpu(desktop: Desktop) -> None:
 
 def test_add_folder_rescans_with_a_progress_bar(desktop: Desktop, qtbot: object, tmp_path: Path,
                                                  sb_home: Path) -> None:
-    engine = desktop.engine
+    engine = engine_of(desktop)
     run(desktop, engine.rescan())
-    panel = ModelsPanel(engine)
+    panel = ModelsPanel(desktop.services)
     qtbot.add_widget(panel)  # type: ignore[attr-defined]
     panel.show()
     more = tmp_path / "more"
@@ -209,9 +208,9 @@ def test_add_folder_rescans_with_a_progress_bar(desktop: Desktop, qtbot: object,
 
 @pytest.mark.slow
 def test_load_and_unload_through_the_panel_start_and_stop_a_real_worker(desktop: Desktop, qtbot: object) -> None:
-    engine = desktop.engine
+    engine = engine_of(desktop)
     run(desktop, engine.rescan())
-    panel = ModelsPanel(engine)
+    panel = ModelsPanel(desktop.services)
     qtbot.add_widget(panel)  # type: ignore[attr-defined]
     panel.show()
     assert panel.select(DEFAULT_ID)

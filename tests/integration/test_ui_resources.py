@@ -13,12 +13,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from app.core.runtime import gpu
 from app.core.config import Config
 from app.core.engine import Engine
+from app.core.runtime import gpu
 from app.core.runtime.pool import LoadedModel
-from app.ui import resources_view
-from app.ui.resources_view import GIB, ResourcesPanel
+from app.core.services import Services
+from app.ui.resources import panel as resources_view
+from app.ui.resources.panel import GIB, ResourcesPanel
 
 
 @pytest.fixture
@@ -40,7 +41,7 @@ def test_without_nvidia_the_vram_panel_says_so(qtbot, engine: Engine) -> None:
     reason = gpu.unavailable_reason()
     if reason is None:
         pytest.skip("this machine has an NVIDIA GPU")
-    panel = ResourcesPanel(engine)
+    panel = ResourcesPanel(Services(engine))
     qtbot.add_widget(panel)
     assert panel.vram_chart is None
     assert reason in panel.vram_summary.text()
@@ -48,7 +49,7 @@ def test_without_nvidia_the_vram_panel_says_so(qtbot, engine: Engine) -> None:
 
 
 def test_ram_is_plotted_after_a_timer_tick(qtbot, engine: Engine) -> None:
-    panel = ResourcesPanel(engine, interval_ms=20)
+    panel = ResourcesPanel(Services(engine), interval_ms=20)
     qtbot.add_widget(panel)
     panel.show()
     qtbot.waitUntil(lambda: len(panel.history.samples) >= 2, timeout=3000)
@@ -61,7 +62,7 @@ def test_ram_is_plotted_after_a_timer_tick(qtbot, engine: Engine) -> None:
 
 
 def test_history_is_about_two_minutes(qtbot, engine: Engine) -> None:
-    panel = ResourcesPanel(engine)
+    panel = ResourcesPanel(Services(engine))
     qtbot.add_widget(panel)
     panel.timer.stop()
     for _ in range(200):
@@ -71,7 +72,7 @@ def test_history_is_about_two_minutes(qtbot, engine: Engine) -> None:
 
 def test_each_loaded_model_is_a_band_within_the_total(qtbot, engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     fake_workers(engine, monkeypatch, {"alpha:q4_0": GIB, "alpha:q4_0#1": GIB // 2, "beta:q8_0": 2 * GIB})
-    panel = ResourcesPanel(engine)
+    panel = ResourcesPanel(Services(engine))
     qtbot.add_widget(panel)
     panel.timer.stop()
     panel.show()
@@ -95,7 +96,7 @@ def test_vram_chart_with_a_gpu(qtbot, engine: Engine, monkeypatch: pytest.Monkey
     monkeypatch.setattr(gpu, "devices", lambda: [gpu.GpuMemory(0, "Test GPU", 8 * GIB, 3 * GIB)])
     monkeypatch.setattr(gpu, "process_memory", lambda pids: {pid: GIB for pid in pids})
     fake_workers(engine, monkeypatch, {"alpha:q4_0": GIB})
-    panel = ResourcesPanel(engine)
+    panel = ResourcesPanel(Services(engine))
     qtbot.add_widget(panel)
     panel.timer.stop()
     panel.show()

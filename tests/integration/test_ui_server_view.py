@@ -21,7 +21,8 @@ from PySide6.QtGui import QGuiApplication
 from app.core import paths
 from app.core.config import Config
 from app.core.engine import Engine
-from app.ui.server_view import RequestLogModel, ServerPanel
+from app.core.services import Services
+from app.ui.server.panel import RequestLogModel, ServerPanel
 from tests.support.servers import free_port
 
 
@@ -85,7 +86,7 @@ def append_decision(engine: Engine, request_id: str, model: str = "alpha:q4_0") 
 
 def test_url_and_copy_button(qtbot, engine: Engine, loop: qasync.QEventLoop) -> None:
     controller = FakeController(engine)
-    panel = ServerPanel(engine, controller)
+    panel = ServerPanel(Services(engine), controller)
     qtbot.add_widget(panel)
     assert panel.state_label.text() == "Stopped"
     assert panel.url == "http://127.0.0.1:8642/v1"  # where it will listen
@@ -108,7 +109,7 @@ def test_url_and_copy_button(qtbot, engine: Engine, loop: qasync.QEventLoop) -> 
 
 def test_a_start_failure_is_shown(qtbot, engine: Engine) -> None:
     controller = FakeController(engine)
-    panel = ServerPanel(engine, controller)
+    panel = ServerPanel(Services(engine), controller)
     qtbot.add_widget(panel)
     panel.show()
     controller.state_changed.emit(False, "", "Cannot listen on 127.0.0.1:8642: Address already in use")
@@ -119,7 +120,7 @@ def test_a_start_failure_is_shown(qtbot, engine: Engine) -> None:
 
 def test_settings_are_saved_and_the_server_restarted(qtbot, engine: Engine, loop: qasync.QEventLoop) -> None:
     controller = FakeController(engine)
-    panel = ServerPanel(engine, controller)
+    panel = ServerPanel(Services(engine), controller)
     qtbot.add_widget(panel)
     run(loop, controller.start())
     assert not panel.apply_button.isEnabled()
@@ -142,7 +143,7 @@ def test_settings_are_saved_and_the_server_restarted(qtbot, engine: Engine, loop
 
 def test_exposing_the_server_needs_an_api_key(qtbot, engine: Engine) -> None:
     controller = FakeController(engine)
-    panel = ServerPanel(engine, controller)
+    panel = ServerPanel(Services(engine), controller)
     qtbot.add_widget(panel)
     panel.host_field.setText("0.0.0.0")
     panel.apply_button.click()
@@ -156,7 +157,7 @@ def test_exposing_the_server_needs_an_api_key(qtbot, engine: Engine) -> None:
 
 
 def test_request_log_shows_new_decisions(qtbot, engine: Engine) -> None:
-    panel = ServerPanel(engine, FakeController(engine))
+    panel = ServerPanel(Services(engine), FakeController(engine))
     qtbot.add_widget(panel)
     panel.show()
     model = panel.log_model
@@ -199,11 +200,12 @@ def test_request_log_model(qtmodeltester) -> None:
 
 @pytest.mark.slow
 def test_real_controller_serves_the_shown_url(qtbot, engine: Engine, loop: qasync.QEventLoop) -> None:
-    from app.ui.server_control import ServerController
+    from app.ui.server.control import ServerController
 
     engine.config.port = free_port()
-    controller = ServerController(engine)
-    panel = ServerPanel(engine, controller)
+    services = Services(engine)
+    controller = ServerController(services)
+    panel = ServerPanel(services, controller)
     qtbot.add_widget(panel)
 
     async def scenario() -> int:

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
+from app.core.engine import Engine
 from app.ui.app import Desktop
 
 
@@ -20,3 +21,8 @@ async def until(predicate: Callable[[], object], timeout: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.05)
+
+
+def engine_of(d: Desktop) -> Engine:
+    """The Engine behind the window's Services: the tests check on the core itself what the window did."""
+    return d.services._engine

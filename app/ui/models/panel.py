@@ -1,15 +1,15 @@
 """The Models tab: filter, table, actions on the selected model, add a folder, details of the selection.
 
-Every action calls the same Engine methods as the management API. Loading, unloading and scanning are
+Every action calls the same Services methods as the management API. Loading, unloading and scanning are
 coroutines started with `spawn` on the qasync loop, so the window keeps painting while a worker starts;
 dialogs are opened with open() (never exec() inside a coroutine) and report through their signals.
 """
 
 from __future__ import annotations
 
-import html
+import functools
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QItemSelection, QSortFilterProxyModel, Qt, QTimer
 from PySide6.QtGui import QAction
@@ -31,36 +31,21 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core.config import Config, ConfigError
-from app.core.engine import Engine
 from app.core.errors import SwitchboardError
-from app.core.catalog.registry import ModelEntry
-from app.server.manage import model_info
-from app.ui.app import spawn
-from app.ui.models_table import ID_ROLE, SORT_ROLE, ModelsTableModel, human_bytes, when
+from app.core.services import Services
+from app.ui.models.details import details_html
+from app.ui.models.table import ID_ROLE, SORT_ROLE, ModelsTableModel
+from app.ui.support import error_text, spawn
 
-_METADATA_LABELS = (
-    ("general_name", "Name in file"),
-    ("architecture", "Architecture"),
-    ("size_label", "Size label"),
-    ("parameter_count", "Parameters"),
-    ("quantization", "Quantization"),
-    ("context_length", "Trained context"),
-    ("embedding_length", "Embedding length"),
-    ("block_count", "Blocks"),
-    ("head_count", "Heads"),
-    ("head_count_kv", "KV heads"),
-    ("has_chat_template", "Chat template"),
-    ("chat_template_tools", "Template handles tools"),
-    ("pooling_type", "Pooling type"),
-)
+if TYPE_CHECKING:
+    from app.core.catalog.registry import ModelEntry
 
 
 class ModelsPanel(QWidget):
-    def __init__(self, engine: Engine, parent: QWidget | None = None) -> None:
+    def __init__(self, services: Services, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.engine = engine
-        self.model = ModelsTableModel(engine, self)
+        self.services = services
+        self.model = ModelsTableModel(services, self)
         self.proxy = QSortFilterProxyModel(self)
         self.proxy.setSourceModel(self.model)
         self.proxy.setSortRole(SORT_ROLE)
@@ -75,7 +60,9 @@ class ModelsPanel(QWidget):
         self.add_folder_button.clicked.connect(self.choose_folder)
         self.rescan_button = QPushButton("Rescan")
         self.rescan_button.clicked.connect(lambda: self.start_rescan())
-        self.progress = QProgressBar(maximumWidth=160, textVisible=False)
+        self.progress = QProgressBar()
+        self.progress.setMaximumWidth(160)
+        self.progress.setTextVisible(False)
         self.progress.setRange(0, 0)  # busy
         self.progress.hide()
 
@@ -166,7 +153,7 @@ class ModelsPanel(QWidget):
 
     def selected_entry(self) -> ModelEntry | None:
         model_id = self.selected_id()
-        return None if model_id is None else self.engine.registry.get(model_id)
+        return None if model_id is None else self.services.models.get(model_id)
 
     def select(self, model_id: str) -> bool:
         row = self.model.row_of(model_id)
@@ -189,7 +176,7 @@ class ModelsPanel(QWidget):
 
     def _update_actions(self) -> None:
         entry = self.selected_entry()
-        info = None if entry is None else model_info(self.engine, entry)
+        info = None if entry is None else self.services.models.info(entry.id)
         for action in (self.act_enable, self.act_load, self.act_unload, self.act_pin, self.act_default,
                        self.act_aliases, self.act_caps):
             action.setEnabled(info is not None)
@@ -210,7 +197,7 @@ class ModelsPanel(QWidget):
             return
         bar = self.details.verticalScrollBar()
         position = bar.value()
-        self.details.setHtml(details_html(model_info(self.engine, entry), self.engine.pool.budget))
+        self.details.setHtml(details_html(self.services.models.info(entry.id), self.services.models.memory_budget))
         bar.setValue(position)
 
     # -- actions -------------------------------------------------------------------------------
@@ -237,7 +224,7 @@ class ModelsPanel(QWidget):
             self._show_details()
 
     def show_error(self, exc: BaseException) -> None:
-        text = exc.message if isinstance(exc, SwitchboardError) else str(exc) or type(exc).__name__
+        text = error_text(exc)
         self.message.setStyleSheet("color: #c62828")
         self.message.setText(text)
 
@@ -262,28 +249,26 @@ class ModelsPanel(QWidget):
             self.set_enabled(entry.id, not entry.enabled)
 
     def set_enabled(self, model_id: str, enabled: bool) -> bool:
-        return self._guard(lambda: self.engine.registry.set_enabled(model_id, enabled))
+        return self._guard(lambda: self.services.models.set_enabled(model_id, enabled))
 
     async def load(self, model_id: str) -> None:
-        entry = self.engine.registry.resolve(model_id)
         self.show_info(f"Loading {model_id}…")
         self.model.refresh()
-        for replica in range(1 if entry.is_remote else entry.replicas):
-            await self.engine.pool.acquire(entry, replica)
+        await self.services.models.load(model_id)
         self.show_info(f"Loaded {model_id}.")
 
     async def unload(self, model_id: str) -> None:
         self.show_info(f"Unloading {model_id}…")
-        await self.engine.pool.unload(model_id)
+        await self.services.models.unload(model_id)
         self.show_info(f"Unloaded {model_id}.")
 
     def toggle_pin(self) -> None:
         model_id = self.selected_id()
         if model_id is not None:
-            self.set_pinned(model_id, not self.engine.pool.is_pinned(model_id))
+            self.set_pinned(model_id, not self.services.models.is_pinned(model_id))
 
     def set_pinned(self, model_id: str, pinned: bool) -> bool:
-        return self._guard(lambda: self.engine.pool.pin(model_id, pinned))
+        return self._guard(lambda: self.services.models.pin(model_id, pinned))
 
     def make_default(self) -> None:
         model_id = self.selected_id()
@@ -291,18 +276,18 @@ class ModelsPanel(QWidget):
             self.set_default(model_id)
 
     def set_default(self, model_id: str) -> bool:
-        return self._guard(lambda: self.engine.registry.set_default(model_id))
+        return self._guard(lambda: self.services.models.set_default(model_id))
 
     def edit_aliases(self) -> None:
         entry = self.selected_entry()
         if entry is None:
             return
         self._ask(f"Aliases of {entry.id}", "Other names for this model, separated by commas:",
-                  ", ".join(entry.aliases), lambda text, mid=entry.id: self.apply_aliases(mid, text))
+                  ", ".join(entry.aliases), functools.partial(self.apply_aliases, entry.id))
 
     def apply_aliases(self, model_id: str, text: str) -> bool:
         aliases = [a.strip() for a in text.split(",") if a.strip()]
-        return self._guard(lambda: self.engine.registry.set_aliases(model_id, aliases))
+        return self._guard(lambda: self.services.models.set_aliases(model_id, aliases))
 
     def edit_capabilities(self) -> None:
         entry = self.selected_entry()
@@ -310,11 +295,11 @@ class ModelsPanel(QWidget):
             return
         self._ask(f"Capabilities of {entry.id}",
                   "Capability tags, separated by commas (empty: back to the inferred ones):",
-                  ", ".join(entry.capabilities), lambda text, mid=entry.id: self.apply_capabilities(mid, text))
+                  ", ".join(entry.capabilities), functools.partial(self.apply_capabilities, entry.id))
 
     def apply_capabilities(self, model_id: str, text: str) -> bool:
         tags = [t.strip() for t in text.split(",") if t.strip()]
-        return self._guard(lambda: self.engine.registry.set_capabilities(model_id, tags or None))
+        return self._guard(lambda: self.services.models.set_capabilities(model_id, tags or None))
 
     def _ask(self, title: str, label: str, value: str, done: Callable[[str], Any]) -> QInputDialog:
         dialog = QInputDialog(self)
@@ -339,16 +324,9 @@ class ModelsPanel(QWidget):
 
     def add_folder(self, path: str) -> Any:
         """Remember the folder (this run and the saved config), then rescan."""
-        if path and path not in self.engine.config.model_dirs:
-            self.engine.config.model_dirs.append(path)
-            try:
-                # The saved config gets the folder, not this run's command-line overrides.
-                saved = Config.load()
-                if path not in saved.model_dirs:
-                    saved.model_dirs.append(path)
-                    saved.save()
-            except (ConfigError, OSError) as exc:
-                self.show_error(RuntimeError(f"The folder is used for this run but could not be saved: {exc}"))
+        problem = self.services.models.add_folder(path)
+        if problem is not None:
+            self.show_error(RuntimeError(f"The folder is used for this run but could not be saved: {problem}"))
         return self.start_rescan()
 
     def start_rescan(self) -> Any:
@@ -356,8 +334,8 @@ class ModelsPanel(QWidget):
 
     async def _rescan(self) -> None:
         self.show_info("Scanning…")
-        before = {e.id for e in self.engine.registry.list()}
-        result = await self.engine.rescan()
+        before = {e.id for e in self.services.models.all()}
+        result = await self.services.models.rescan()
         new = [m.id for m in result.models if m.id not in before]
         text = f"Scan done: {len(result.models)} model(s), {len(new)} new"
         if result.problems:
@@ -365,64 +343,3 @@ class ModelsPanel(QWidget):
                     f"{result.problems[0].reason})"
         self.show_info(text + ".")
         QTimer.singleShot(0, self._fit_columns)
-
-
-def details_html(info: dict[str, Any], budget: int) -> str:
-    esc = html.escape
-
-    def row(label: str, value: Any) -> str:
-        return f"<tr><td style='color:#666;padding-right:10px'>{esc(label)}</td><td>{esc(str(value))}</td></tr>"
-
-    meta = info["metadata"] or {}
-    parts = [f"<h3 style='margin-bottom:2px'>{esc(info['id'])}</h3>",
-             f"<div style='color:#666'>{esc(info['display_name'])}</div>"]
-    if info["estimate_bytes"] is None:
-        parts.append("<p>Remote backend: uses no local memory.</p>")
-    else:
-        verdict = ("<b style='color:#2e7d32'>fits</b>" if info["fits"]
-                   else "<b style='color:#c62828'>won't fit</b>")
-        parts.append(f"<p>Memory estimate: <b>{human_bytes(info['estimate_bytes'])}</b> of a "
-                     f"{human_bytes(budget)} budget — {verdict}</p>")
-        if info["gpu_layers"]:
-            layers = "every layer" if info["gpu_layers"] < 0 else f"{info['gpu_layers']} layers"
-            vram = f" (about {human_bytes(info['vram_bytes'])} of VRAM)" if info["vram_bytes"] else ""
-            parts.append(f"<p>GPU: {layers}{vram}</p>")
-    flags = [f for f, on in (("enabled", info["enabled"]), ("disabled", not info["enabled"]),
-                             ("default", info["default"]), ("pinned", info["pinned"]),
-                             ("files missing", info["missing"])) if on]
-    table = [row("State", info["state"]), row("Health", info["health"] + (
-        f" — {info['health_reason']}" if info["health_reason"] else "")), row("Flags", ", ".join(flags))]
-    table += [row("Capabilities", ", ".join(info["capabilities"]) +
-                  (" (edited)" if info["capabilities_edited"] else "")),
-              row("Aliases", ", ".join(info["aliases"]) or "—"),
-              row("Requests served", info["use_count"]), row("Last used", when(info["last_used"])),
-              row("Source", info["source"]), row("Path", info["path"])]
-    if len(info["paths"]) > 1:
-        table.append(row("Also at", ", ".join(p for p in info["paths"] if p != info["path"])))
-    if info["projector"]:
-        table.append(row("Projector", info["projector"]))
-    if info["versions"]:
-        table.append(row("Other versions", ", ".join(info["versions"])))
-    for worker in info["workers"]:
-        table.append(row(f"Worker {worker['replica']}",
-                         f"{worker['state']}, pid {worker['pid']}, {human_bytes(worker['memory_bytes'])}, "
-                         f"{worker['in_flight']} in flight"))
-    parts.append("<table cellspacing='0' cellpadding='1'>" + "".join(table) + "</table>")
-    gguf = [row(label, _fmt(meta[key])) for key, label in _METADATA_LABELS if meta.get(key) is not None]
-    if gguf:
-        parts.append("<h4 style='margin-bottom:2px'>GGUF metadata</h4>")
-        parts.append("<table cellspacing='0' cellpadding='1'>" + "".join(gguf) + "</table>")
-    if info["remote"]:
-        parts.append("<h4>Remote</h4><table>" + "".join(row(k, v) for k, v in info["remote"].items()) + "</table>")
-    return "".join(parts)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int) and abs(value) >= 1000:
-        return f"{value:,}"
-    if isinstance(value, list):
-        return ", ".join(str(v) for v in value)
-    return str(value)
-

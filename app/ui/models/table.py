@@ -1,8 +1,8 @@
-"""The models table: a Qt item model adapting the registry and the pool, refreshed on a timer.
+"""The models table: a Qt item model adapting the core's models and their workers, refreshed on a timer.
 
-The registry's events only mark the model dirty; a 500 ms timer rebuilds the rows and tells the view what
+The core's model events only mark the model dirty; a 500 ms timer rebuilds the rows and tells the view what
 changed (rows inserted, removed, or cells changed), so a burst of requests or tokens costs at most one update
-per tick. Loaded workers change without registry events (memory, use counts), so while any worker exists the
+per tick. Loaded workers change without model events (memory, use counts), so while any worker exists the
 timer also refreshes.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import (
     QAbstractTableModel,
@@ -23,8 +23,8 @@ from PySide6.QtCore import (
 )
 from PySide6.QtGui import QBrush, QColor, QFont, QIcon, QPainter, QPixmap
 
-from app.core.engine import Engine
-from app.core.catalog.registry import Health, ModelEntry
+from app.core.routing.health import Health
+from app.core.services import Services
 
 Index = QModelIndex | QPersistentModelIndex
 
@@ -61,12 +61,15 @@ SOURCE_LABELS = {
 }
 
 HEALTH_COLOURS = {
-    Health.UNKNOWN: "#9e9e9e",
-    Health.LOADING: "#1e88e5",
-    Health.HEALTHY: "#43a047",
-    Health.DEGRADED: "#fb8c00",
-    Health.UNHEALTHY: "#e53935",
+    Health.UNKNOWN.value: "#9e9e9e",
+    "loading": "#1e88e5",  # a worker state, shown in the health column while the model's workers start
+    Health.HEALTHY.value: "#43a047",
+    Health.DEGRADED.value: "#fb8c00",
+    Health.UNHEALTHY.value: "#e53935",
 }
+
+if TYPE_CHECKING:
+    from app.core.catalog.registry import ModelEntry
 
 
 def human_bytes(n: int | None) -> str:
@@ -101,7 +104,7 @@ class Row:
     size: int
     context: int
     capabilities: tuple[str, ...]
-    health: Health
+    health: str  # as Services.models.shown_health says: a Health value, or "loading"
     health_reason: str
     state: str
     memory: int
@@ -124,7 +127,7 @@ class Row:
         if key == "capabilities":
             return ", ".join(self.capabilities)
         if key == "health":
-            return self.health.value
+            return self.health
         if key == "state":
             return "missing" if self.missing else self.state
         if key == "memory":
@@ -148,22 +151,24 @@ class Row:
                                      ("pinned", self.pinned), ("default model", self.default)) if on]
             return f"{self.display_name}\n{self.path}" + (f"\n{', '.join(flags)}" if flags else "")
         if key == "health":
-            return self.health.value + (f": {self.health_reason}" if self.health_reason else "")
+            return self.health + (f": {self.health_reason}" if self.health_reason else "")
         return self.text(key)
 
 
-def build_rows(engine: Engine) -> list[Row]:
+def build_rows(services: Services) -> list[Row]:
+    models = services.models
     workers: dict[str, list[tuple[str, str]]] = {}
-    for view in engine.pool.loaded():
+    for view in models.loaded():
         workers.setdefault(view.model_id, []).append((view.state, view.key))
-    default = engine.registry.default_id
-    return [_row(engine, entry, workers.get(entry.id, []), default) for entry in engine.registry.list()]
+    default = models.default_id
+    return [_row(services, entry, workers.get(entry.id, []), default) for entry in models.all()]
 
 
-def _row(engine: Engine, entry: ModelEntry, workers: list[tuple[str, str]], default: str | None) -> Row:
+def _row(services: Services, entry: ModelEntry, workers: list[tuple[str, str]], default: str | None) -> Row:
     meta = entry.metadata
     states = {state for state, _ in workers}
     state = "loaded" if "loaded" in states else "loading" if states else "unloaded"
+    health, health_reason = services.models.shown_health(entry.id)
     return Row(
         id=entry.id,
         display_name=entry.display_name,
@@ -174,16 +179,16 @@ def _row(engine: Engine, entry: ModelEntry, workers: list[tuple[str, str]], defa
         size=entry.size,
         context=int(meta.get("context_length") or 0),
         capabilities=tuple(entry.capabilities),
-        health=entry.health,
-        health_reason=entry.health_reason or "",
+        health=health,
+        health_reason=health_reason or "",
         state=state,
-        memory=sum(engine.pool.memory_of(key) for _, key in workers),
+        memory=sum(services.models.memory_of(key) for _, key in workers),
         requests=entry.use_count,
         last_used=entry.last_used,
         enabled=entry.enabled,
         missing=entry.missing,
         default=entry.id == default,
-        pinned=engine.pool.is_pinned(entry.id),
+        pinned=services.models.is_pinned(entry.id),
     )
 
 
@@ -200,18 +205,18 @@ def _badge(colour: str) -> QIcon:
 
 
 class ModelsTableModel(QAbstractTableModel):
-    """One row per registry entry. The name column's check box is the model's `enabled` flag."""
+    """One row per model. The name column's check box is the model's `enabled` flag."""
 
     # After a refresh that changed something (the details panel follows it).
     refreshed = Signal()
 
-    def __init__(self, engine: Engine, parent: QObject | None = None, *, interval_ms: int = REFRESH_MS) -> None:
+    def __init__(self, services: Services, parent: QObject | None = None, *, interval_ms: int = REFRESH_MS) -> None:
         super().__init__(parent)
-        self._engine = engine
-        self._rows: list[Row] = build_rows(engine)
+        self._services = services
+        self._rows: list[Row] = build_rows(services)
         self._dirty = False
-        self._badges: dict[Health, QIcon] = {}
-        self._unsubscribe = engine.registry.subscribe(self._mark_dirty)
+        self._badges: dict[str, QIcon] = {}
+        self._unsubscribe = services.models.subscribe(self._mark_dirty)
         self._timer = QTimer(self)
         self._timer.setObjectName("models-refresh")
         self._timer.setInterval(interval_ms)
@@ -223,11 +228,11 @@ class ModelsTableModel(QAbstractTableModel):
         self._dirty = True
 
     def _tick(self) -> None:
-        if self._dirty or self._engine.pool.loaded():
+        if self._dirty or self._services.models.loaded():
             self.refresh()
 
     def detach(self) -> None:
-        """Stop listening and refreshing (the engine is closing)."""
+        """Stop listening and refreshing (the core is closing)."""
         self._timer.stop()
         self._unsubscribe()
         self._unsubscribe = lambda: None
@@ -235,7 +240,7 @@ class ModelsTableModel(QAbstractTableModel):
     def refresh(self) -> bool:
         """Bring the rows up to date; True if anything changed."""
         self._dirty = False
-        fresh = build_rows(self._engine)
+        fresh = build_rows(self._services)
         changed = False
         fresh_ids = {row.id for row in fresh}
         # Removed: from the bottom up, so earlier indexes stay valid.
@@ -328,15 +333,15 @@ class ModelsTableModel(QAbstractTableModel):
         return None
 
     def setData(self, index: Index, value: Any, role: int = Qt.ItemDataRole.EditRole) -> bool:
-        """Checking or unchecking the name column enables or disables the model in the registry."""
+        """Checking or unchecking the name column enables or disables the model."""
         if not index.isValid() or role != Qt.ItemDataRole.CheckStateRole or index.column() != COLUMN["name"]:
             return False
         checked = Qt.CheckState(value) == Qt.CheckState.Checked if not isinstance(value, bool) else value
-        self._engine.registry.set_enabled(self._rows[index.row()].id, checked)
+        self._services.models.set_enabled(self._rows[index.row()].id, checked)
         self.refresh()
         return True
 
-    def _badge(self, health: Health) -> QIcon:
+    def _badge(self, health: str) -> QIcon:
         badge = self._badges.get(health)
         if badge is None:
             badge = self._badges[health] = _badge(HEALTH_COLOURS[health])

@@ -1,6 +1,6 @@
 """Live memory: system RAM and, with an NVIDIA GPU, VRAM, with each loaded model's worker memory inside the total.
 
-`MemoryHistory` samples (no Qt): psutil for RAM, the pool's per-worker RSS (`sample_memory`, a few syscalls),
+`MemoryHistory` samples (no Qt): psutil for RAM, each worker's RSS (`Services.memory()`, a few syscalls),
 NVML for VRAM. `ResourcesPanel` draws it with pyqtgraph once a second from one QTimer, never per token or per
 request, and only while it is visible; about two minutes of history are kept.
 """
@@ -11,7 +11,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import psutil
 import pyqtgraph as pg
@@ -20,6 +19,7 @@ from PySide6.QtGui import QShowEvent
 from PySide6.QtWidgets import QGroupBox, QLabel, QVBoxLayout, QWidget
 
 from app.core.runtime import gpu
+from app.core.services import Services
 
 GIB = 2**30
 INTERVAL_MS = 1000
@@ -51,21 +51,19 @@ class Sample:
 class MemoryHistory:
     """The last `seconds` of samples, oldest first."""
 
-    def __init__(self, engine: Any, *, seconds: float = HISTORY_S, interval_s: float = INTERVAL_MS / 1000,
+    def __init__(self, services: Services, *, seconds: float = HISTORY_S, interval_s: float = INTERVAL_MS / 1000,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._engine = engine
+        self._services = services
         self._clock = clock
         self.samples: deque[Sample] = deque(maxlen=max(2, int(seconds / interval_s) + 1))
         self.gpu_reason = gpu.unavailable_reason()  # NVML is initialised (or found missing) once
 
     def sample(self) -> Sample:
-        pool = self._engine.pool
-        rss = pool.sample_memory()
-        views = pool.loaded()
+        memory = self._services.memory()
         models_ram: dict[str, int] = {}
         pids: dict[int, str] = {}
-        for view in views:
-            models_ram[view.model_id] = models_ram.get(view.model_id, 0) + rss.get(view.key, 0)
+        for view in memory.workers:
+            models_ram[view.model_id] = models_ram.get(view.model_id, 0) + memory.rss.get(view.key, 0)
             if view.pid is not None:
                 pids[view.pid] = view.model_id
         gpus: tuple[gpu.GpuMemory, ...] | None = None
@@ -75,7 +73,7 @@ class MemoryHistory:
             for pid, used in gpu.process_memory(pids).items():
                 models_vram[pids[pid]] = models_vram.get(pids[pid], 0) + used
         vm = psutil.virtual_memory()
-        sample = Sample(self._clock(), int(vm.total), int(vm.total - vm.available), int(pool.budget), models_ram,
+        sample = Sample(self._clock(), int(vm.total), int(vm.total - vm.available), int(memory.budget), models_ram,
                         gpus, models_vram)
         self.samples.append(sample)
         return sample
@@ -143,10 +141,10 @@ class MemoryChart(pg.PlotWidget):
 
 
 class ResourcesPanel(QWidget):
-    def __init__(self, engine: Any, parent: QWidget | None = None, *, interval_ms: int = INTERVAL_MS) -> None:
+    def __init__(self, services: Services, parent: QWidget | None = None, *, interval_ms: int = INTERVAL_MS) -> None:
         super().__init__(parent)
-        self.engine = engine
-        self.history = MemoryHistory(engine, interval_s=interval_ms / 1000)
+        self.services = services
+        self.history = MemoryHistory(services, interval_s=interval_ms / 1000)
         layout = QVBoxLayout(self)
 
         ram_box = QGroupBox("System RAM")

@@ -14,14 +14,14 @@ import uvicorn
 from PySide6.QtCore import QObject, Signal
 
 from app.core.config import Config
-from app.core.engine import Engine
+from app.core.services import Services
 from app.server.run import StartupError, bind, check_exposure, make_server
 
 _START_TIMEOUT_S = 30.0
 
 
 class ServerController(QObject):
-    """Owns the uvicorn server serving `engine` on the running loop.
+    """Owns the uvicorn server serving `services` on the running loop.
 
     state_changed(running, url, error): url is the OpenAI-compatible endpoint (``http://HOST:PORT/v1``) while
     running, else ""; error is why the last start failed or why the server stopped unexpectedly, else "".
@@ -29,9 +29,9 @@ class ServerController(QObject):
 
     state_changed = Signal(bool, str, str)
 
-    def __init__(self, engine: Engine, parent: QObject | None = None) -> None:
+    def __init__(self, services: Services, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._engine = engine
+        self._services = services
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
         self._sock: socket.socket | None = None
@@ -65,8 +65,8 @@ class ServerController(QObject):
 
     @property
     def config(self) -> Config:
-        """The engine's Config (host, port, api_key, cors_origins); edit it, then `restart()`."""
-        return self._engine.config
+        """This run's Config (host, port, api_key, cors_origins): Services.set_server changes it, then `restart()`."""
+        return self._services.config
 
     # -- actions -------------------------------------------------------------------------------
     async def start(self) -> bool:
@@ -95,7 +95,7 @@ class ServerController(QObject):
         except StartupError as exc:
             self._fail(str(exc))
             return False
-        server = make_server(self._engine)
+        server = make_server(self._services)
         self._sock, self._server, self._error = sock, server, ""
         self._task = asyncio.create_task(server.serve(sockets=[sock]), name="http-server")
         self._task.add_done_callback(self._served)

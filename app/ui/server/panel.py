@@ -1,13 +1,12 @@
 """The server panel: start/stop, where it listens and who may call it, the endpoint URL, and the request log.
 
-Settings are the engine's Config (the same `config.json` the headless server reads): editing them saves the
-config and restarts the running server through the ServerController. The request log adapts the core's
+Settings are this run's Config (the same `config.json` the headless server reads): editing them saves it
+through Services and restarts the running server through the ServerController. The request log adapts the core's
 DecisionLog; a 1 s timer reads it while the panel is visible and touches the view only for rows that changed.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -30,15 +29,17 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.services import Services
 from app.server.guard import is_loopback
 from app.ui.rows_model import RowsTableModel
+from app.ui.support import spawn
 
 LOG_ROWS = 200
 LOG_INTERVAL_MS = 1000
 
 
 class RequestLogModel(RowsTableModel):
-    """Rows of DecisionLog.recent(), newest first. `set_rows` inserts, removes and updates only what changed."""
+    """Rows of Services.decisions(), newest first. `set_rows` inserts, removes and updates only what changed."""
 
     COLUMNS = ("Time", "Model", "Strategy", "Reason", "Tokens", "Latency", "Status")
 
@@ -126,11 +127,10 @@ def _ms(value: float) -> str:
 
 
 class ServerPanel(QWidget):
-    def __init__(self, engine: Any, controller: Any, parent: QWidget | None = None) -> None:
+    def __init__(self, services: Services, controller: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
-        self.engine = engine
+        self.services = services
         self.controller = controller
-        self._tasks: set[asyncio.Task[Any]] = set()  # strong references while they run
         layout = QVBoxLayout(self)
 
         # -- state and endpoint ----------------------------------------------------------------
@@ -233,7 +233,7 @@ class ServerPanel(QWidget):
     def _on_state(self, running: bool, url: str, error: str) -> None:
         self.start_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
-        config = self.engine.config
+        config = self.services.config
         if running:
             self.state_label.setText("Running")
             self.url_field.setText(url)
@@ -259,7 +259,7 @@ class ServerPanel(QWidget):
 
     # -- settings ------------------------------------------------------------------------------
     def load_settings(self) -> None:
-        config = self.engine.config
+        config = self.services.config
         self.host_field.setText(config.host)
         self.port_field.blockSignals(True)
         self.port_field.setValue(int(config.port))
@@ -276,7 +276,7 @@ class ServerPanel(QWidget):
         self.settings_message.setText("")
 
     def apply_settings(self) -> None:
-        """Validate, write the engine's Config and config.json, and restart a running server with them."""
+        """Validate, write this run's Config and config.json, and restart a running server with them."""
         host = self.host_field.text().strip()
         key = self.key_field.text().strip() or None
         origins = [o.strip() for o in self.cors_field.text().split(",") if o.strip()]
@@ -291,10 +291,8 @@ class ServerPanel(QWidget):
         if bad:
             self._settings_problem(f"CORS origins look like http://host:port (not {', '.join(bad)}).")
             return
-        config = self.engine.config
-        config.host, config.port, config.api_key, config.cors_origins = host, self.port_field.value(), key, origins
         try:
-            config.save()
+            self.services.set_server(host=host, port=self.port_field.value(), api_key=key, cors_origins=origins)
         except OSError as exc:
             self._settings_problem(f"Could not save the settings: {exc}")
             return
@@ -320,7 +318,7 @@ class ServerPanel(QWidget):
 
     def refresh_log(self) -> bool:
         """Read the decision log; the view hears only of rows that changed. True when any did."""
-        changed = self.log_model.set_rows(self.engine.decisions.recent(LOG_ROWS))
+        changed = self.log_model.set_rows(self.services.decisions(LOG_ROWS))
         if changed and self._fitted < min(self.log_model.rowCount(), 20):
             # Fit the columns to the first rows once (ResizeToContents would ignore rows inserted later and
             # measure every row); afterwards the user's widths stay.
@@ -332,20 +330,9 @@ class ServerPanel(QWidget):
 
     # -- helpers -------------------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        """Run a controller coroutine on the running (qasync) loop, keeping the task referenced until done."""
-        try:
-            task = asyncio.get_running_loop().create_task(coro)
-        except RuntimeError:
-            coro.close()
-            self._on_state(bool(self.controller.running), self.controller.url or "", "No event loop is running")
-            return
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            self._on_state(bool(self.controller.running), self.controller.url or "", str(task.exception()))
+        """Run a controller coroutine on the (qasync) loop; a failure shows as the state's error."""
+        spawn(coro, on_error=lambda exc: self._on_state(bool(self.controller.running), self.controller.url or "",
+                                                        str(exc)))
 
 
 def _endpoint(host: str, port: int) -> str:
