@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench serve scan clean install-desktop screenshot
+.PHONY: run test test-fast lint bench serve scan clean install-desktop screenshot
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,17 @@ serve: $(STAMP)
 scan: $(STAMP)
 	$(VENV)/bin/switchboard scan
 
-test: $(STAMP)
+# Lint, types, then every test (what CI runs).
+test: lint
 	$(PY) -m pytest
+
+# The unit tests only: no processes, sockets or sleeps; seconds.
+test-fast: $(STAMP)
+	$(PY) -m pytest tests/unit tests/test_layout.py -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check app tests bench packaging
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) -m bench
@@ -37,9 +46,9 @@ install-desktop: $(STAMP)
 		> $(APPS_DIR)/switchboard.desktop
 	chmod 644 $(APPS_DIR)/switchboard.desktop
 	for size in 16 32 64 128 256; do \
-		install -Dm644 resources/switchboard-$$size.png $(ICONS_DIR)/$${size}x$${size}/apps/switchboard.png; \
+		install -Dm644 app/ui/icons/switchboard-$$size.png $(ICONS_DIR)/$${size}x$${size}/apps/switchboard.png; \
 	done
-	install -Dm644 resources/switchboard.svg $(ICONS_DIR)/scalable/apps/switchboard.svg
+	install -Dm644 app/ui/icons/switchboard.svg $(ICONS_DIR)/scalable/apps/switchboard.svg
 	if command -v update-desktop-database >/dev/null; then update-desktop-database -q $(APPS_DIR); fi
 	if command -v gtk-update-icon-cache >/dev/null; then gtk-update-icon-cache -q -t $(ICONS_DIR); fi
 	@echo "installed $(APPS_DIR)/switchboard.desktop and icons under $(ICONS_DIR)"

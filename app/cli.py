@@ -72,7 +72,7 @@ def _route(args: argparse.Namespace, config: Config) -> int:
     except httpx.ConnectError:
         from app.core.errors import SwitchboardError
         from app.core.routing.needs import translate
-        from app.core.routing.router import RouteRequest
+        from app.core.routing.request import RouteRequest
         from app.core.services import Services
 
         source = "saved state (no server running)"

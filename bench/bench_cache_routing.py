@@ -59,7 +59,7 @@ async def _replay(strategy: str, setup: str, home: Path, default_model: Path) ->
     from app.core.config import Config
     from app.core.engine import Engine
     from app.core.routing.needs import translate
-    from app.core.routing.router import RouteRequest
+    from app.core.routing.request import RouteRequest
 
     models_dir = home / "models"
     models_dir.mkdir(parents=True, exist_ok=True)

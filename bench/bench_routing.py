@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable
 
 from app.core.routing.strategies import STRATEGIES, Outcome, RouteContext, Strategy, Target, build
-
 from bench import save_results
 
 SIZES = (10, 100, 1000)

@@ -24,8 +24,8 @@ PARAMS = {"prompt": "You are a helpful travel assistant. " * 20 + "Plan three da
 
 
 async def _measure() -> dict[str, list[float]]:
-    from app.core.runtime.pool import cpu_cores, thread_share
     from app.core.runtime.local.handle import LoadSpec, WorkerHandle
+    from app.core.runtime.pool import cpu_cores, thread_share
     from tests.support.models import find_default_model
 
     spec = LoadSpec(model_path=str(find_default_model()), n_ctx=2048, prompt_cache_bytes=0)

@@ -1,76 +1,158 @@
-"""User configuration: one typed schema with defaults, stored as JSON in the config dir."""
+"""User configuration: one typed schema (type, bounds, default, description), stored as JSON in the config dir.
+
+Each setting is its default, overridden by `config.json`, overridden by the environment variable SWITCHBOARD_
+plus the setting's name in capitals: SWITCHBOARD_PORT=9000, SWITCHBOARD_DISCOVERY=false. A list takes a JSON list,
+or items separated by os.pathsep for `model_dirs` (like PATH) and by commas for the others. An empty variable
+counts as unset. SWITCHBOARD_API_KEY is the one exception: it is used only when the file sets no key.
+SWITCHBOARD_HOME is not a setting; paths.py reads it.
+
+`save()` never writes the environment back: a setting still holding its variable's value is saved with the value
+it had before the environment applied.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from app.core import paths
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8642
+ENV_PREFIX = "SWITCHBOARD_"
+MIB = 1024 * 1024
 
 
-@dataclass(slots=True)
-class Config:
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    # Never written to disk by `save` when it came from the environment.
-    api_key: str | None = None
-    model_dirs: list[str] = field(default_factory=list)
-    discovery: bool = True
-    # Loaded models must fit in this many bytes; None means a share of system RAM.
-    memory_budget_bytes: int | None = None
-    memory_budget_fraction: float = 0.5
-    idle_ttl_s: float = 600.0
-    # Context size a model is loaded with, capped at the model's trained context.
-    n_ctx: int = 4096
-    n_threads: int | None = None
-    # Layers llama.cpp puts on the GPU: None decides from the free VRAM NVML reports; -1 all; 0 none.
-    n_gpu_layers: int | None = None
-    # Each worker keeps recent conversations' llama.cpp state so the next turn reuses its prefix.
-    prompt_cache_bytes: int = 256 * 1024 * 1024
-    max_body_bytes: int = 8 * 1024 * 1024
-    cors_origins: list[str] = field(default_factory=list)
-    # Extra Host-header names accepted besides loopback names (DNS-rebinding allowlist).
-    allowed_hosts: list[str] = field(default_factory=list)
-    load_timeout_s: float = 120.0
-    # How often loaded workers and remote backends are checked.
-    health_interval_s: float = 15.0
+class ConfigError(Exception):
+    """A setting that cannot be used; the message names where it came from, the key and why."""
+
+
+class Config(BaseModel):
+    # Callers change settings in place (the CLI's flags, the window's forms): every assignment is validated.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    host: str = Field(DEFAULT_HOST, min_length=1, description="Address the server listens on.")
+    port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="Port the server listens on; 0 picks a free one.")
+    api_key: str | None = Field(
+        None, description="Key every request must send as 'Authorization: Bearer KEY'; none leaves the API open."
+    )
+    model_dirs: list[str] = Field(default_factory=list, description="More folders to scan for GGUF models.")
+    discovery: bool = Field(True, description="Scan the usual places (Hugging Face, Ollama, LM Studio, ~/models).")
+    memory_budget_bytes: int | None = Field(
+        None, gt=0, description="Loaded models must fit in this many bytes; none means a share of system RAM."
+    )
+    memory_budget_fraction: float = Field(
+        0.5, gt=0, le=1, description="The share of system RAM loaded models may use when no byte budget is set."
+    )
+    idle_ttl_s: float = Field(600.0, gt=0, description="Unload a model idle this long (pinned models stay).")
+    n_ctx: int = Field(4096, ge=1, description="Context a model is loaded with, capped at its trained context.")
+    n_threads: int | None = Field(None, ge=1, description="Threads per worker; none shares the cores among workers.")
+    n_gpu_layers: int | None = Field(
+        None, ge=-1, description="Layers llama.cpp puts on the GPU: none decides from the free VRAM; -1 all, 0 none."
+    )
+    prompt_cache_bytes: int = Field(
+        256 * MIB, ge=0, description="Per-worker cache of recent conversations' llama.cpp state; 0 turns it off."
+    )
+    max_body_bytes: int = Field(8 * MIB, ge=1, description="Request bodies larger than this get 413.")
+    cors_origins: list[str] = Field(default_factory=list, description="Origins allowed by CORS; none sends no CORS.")
+    allowed_hosts: list[str] = Field(
+        default_factory=list, description="Host-header names accepted besides loopback names (DNS rebinding)."
+    )
+    load_timeout_s: float = Field(120.0, gt=0, description="A model that takes longer to load has failed.")
+    health_interval_s: float = Field(15.0, gt=0, description="How often loaded workers and remote backends are probed.")
+
+    # setting -> (its environment value, its value before that), kept by load() for save().
+    _from_env: dict[str, tuple[Any, Any]] = PrivateAttr(default_factory=dict)
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc)) from exc
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc)) from exc
 
     @classmethod
     def load(cls, path: Path | None = None) -> Config:
         path = path or paths.config_path()
-        values: dict[str, Any] = {}
-        if path.exists():
+        try:
+            config = cls(**_read(path))
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        for name, value in _environment().items():
+            before = getattr(config, name)
+            if name == "api_key" and before:
+                continue  # the file's key wins over SWITCHBOARD_API_KEY
             try:
-                values = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"cannot read {path}: {exc}") from exc
-            if not isinstance(values, dict):
-                raise ConfigError(f"{path} must hold a JSON object")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"{path}: unknown setting(s) {', '.join(unknown)}")
-        config = cls(**values)
-        env_key = os.environ.get("SWITCHBOARD_API_KEY")
-        if env_key and not config.api_key:
-            config.api_key = env_key
+                setattr(config, name, value)
+            except ConfigError as exc:
+                raise ConfigError(f"{_variable(name)}: {exc}") from exc
+            config._from_env[name] = (getattr(config, name), before)
         return config
 
     def save(self, path: Path | None = None) -> None:
         path = path or paths.config_path()
-        data = asdict(self)
-        if data["api_key"] and data["api_key"] == os.environ.get("SWITCHBOARD_API_KEY"):
-            data["api_key"] = None
+        data = self.model_dump(mode="json")
+        for name, (value, before) in self._from_env.items():
+            if data[name] == value:
+                data[name] = before
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
         tmp.replace(path)
 
 
-class ConfigError(Exception):
-    pass
+def _read(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return values
+
+
+def _variable(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _environment() -> dict[str, Any]:
+    """The settings the environment sets, as text (a list of text for a list) for the schema to validate."""
+    values: dict[str, Any] = {}
+    for name, field in Config.model_fields.items():
+        text = os.environ.get(_variable(name), "")
+        if not text:
+            continue
+        if get_origin(field.annotation) is not list:
+            values[name] = text
+        elif text.lstrip().startswith("["):
+            try:
+                values[name] = json.loads(text)
+            except ValueError as exc:
+                raise ConfigError(f"{_variable(name)}: not a JSON list ({exc})") from exc
+        else:
+            separator = os.pathsep if name == "model_dirs" else ","
+            values[name] = [item.strip() for item in text.split(separator) if item.strip()]
+    return values
+
+
+def _explain(exc: ValidationError) -> str:
+    """Every problem on one line, each naming its key: "unknown setting(s) a, b; port: <why> (got 70000)"."""
+    errors = exc.errors()
+    unknown = sorted(str(e["loc"][0]) for e in errors if e["type"] == "extra_forbidden")
+    problems = [f"unknown setting(s) {', '.join(unknown)}"] if unknown else []
+    for error in errors:
+        if error["type"] != "extra_forbidden":
+            key, *index = error["loc"]
+            where = str(key) + "".join(f"[{i}]" for i in index)
+            problems.append(f"{where}: {error['msg']} (got {error['input']!r})")
+    return "; ".join(problems)

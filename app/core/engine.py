@@ -1,9 +1,9 @@
-"""The running core: configuration, store, registry, pool, router and their bookkeeping wired together.
+"""The composition root: configuration, store, registry, pool, router and their bookkeeping wired together.
 
-The HTTP server and the desktop window both drive an Engine; neither reaches past it. A request becomes a
-Job: routed, started (retried once on another model if its model fails before the first token), streamed,
-and on completion reported to the strategy, the latency stats, the quota, the health book, the metrics, the
-decision log and any A/B experiment.
+The HTTP server and the window reach it only through app/core/services.py. A request becomes a Job: routed,
+started (retried once on another model if its model fails before the first token), streamed, and when it ends,
+however it ends, a `Finished` goes to each registered observer: the router (strategy hooks, latency stats), the
+health book, the quota, the metrics, the decision log and the A/B experiments.
 """
 
 from __future__ import annotations
@@ -16,21 +16,24 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from app.core import paths
-from app.core.config import Config
-from app.core.observe.decisions import DecisionLog
 from app.core.catalog.discovery.found import ScanResult
 from app.core.catalog.discovery.scan import scan
+from app.core.catalog.registry import ModelEntry, Registry
+from app.core.config import Config
 from app.core.errors import InvalidRequest, ModelNotFound, ModelUnavailable, SwitchboardError
+from app.core.observe.decisions import DecisionLog
 from app.core.observe.experiments import Arm, Experiments
-from app.core.routing.health import BreakerConfig, HealthBook, HealthChecker
 from app.core.observe.metrics import Metrics, ModelSnapshot
-from app.core.runtime.pool import ModelPool
-from app.core.routing.quota import QuotaManager
-from app.core.catalog.registry import Health, ModelEntry, Registry
-from app.core.routing.router import DEFAULT_STRATEGY, RequestRouter, RouteRequest, RoutingDecision
-from app.core.storage.store import Store
-from app.core.routing.strategies.base import Outcome
+from app.core.routing.health import BreakerConfig, Health, HealthBook
+from app.core.routing.health_checker import HealthChecker, Probe, ProbeResult
 from app.core.routing.latency_stats import TargetStats
+from app.core.routing.quota import QuotaManager
+from app.core.routing.request import Finished, RouteRequest, RoutingDecision
+from app.core.routing.router import DEFAULT_STRATEGY, RequestRouter
+from app.core.routing.strategies.base import Outcome
+from app.core.runtime.local.handle import WorkerHandle
+from app.core.runtime.pool import ModelPool
+from app.core.storage.store import Store
 
 ALL_SOURCES = ("embedded", "hf", "ollama", "folders")
 
@@ -40,17 +43,26 @@ class Engine:
         self.config = config
         self.store = store or Store(paths.database_path())
         self.registry = Registry(self.store)
-        self.pool = ModelPool(self.registry, config, self.store)
+        self.pool = ModelPool(config, self.store)
         self.quota = QuotaManager(self.store)
         self.health = HealthBook(BreakerConfig())
         self.stats = TargetStats()
         self.router = RequestRouter(self.registry, self.pool, self.quota, self.health, self.stats, self.store)
         self.pool.on_worker_gone = self.router.forget
+        # Health has one owner: the pool reports its workers' lifecycle to the book, and a model leaving the
+        # catalog leaves the book.
+        self.pool.on_worker_state = self.health.worker_changed
+        self.registry.subscribe(self._forget_removed)
         self.experiments = Experiments(self.store)
         self.decisions = DecisionLog(self.store)
         self.metrics = Metrics(self._snapshot)
+        # Told of every finished request, in this order: each records its own part of it.
+        self.observers: list[Callable[[Finished], None]] = [
+            self.router.on_finished, self.health.on_finished, self.quota.on_finished, self.metrics.on_finished,
+            self.decisions.on_finished, self.experiments.on_finished,
+        ]
         self.checker = HealthChecker(self.health, self._probes, interval_s=config.health_interval_s,
-                                     on_change=self._health_changed)
+                                     on_change=self.health.show)
         self.last_scan: ScanResult | None = None
         self._scan_lock = asyncio.Lock()
 
@@ -127,29 +139,12 @@ class Engine:
         return Job(self, decision, request, messages, first, started)
 
     def _record_failure(self, decision: RoutingDecision, failure: SwitchboardError) -> None:
-        self.health.record(decision.model_id, False, time.monotonic(), reason=failure.message)
-        self._sync_health(decision.model_id, ok=False)
+        self.health.record_request(decision.model_id, False, time.monotonic(), reason=failure.message)
 
     def finish(self, job: Job, outcome: Outcome, status: int) -> None:
-        decision, request = job.decision, job.request
-        self.router.completed(decision, outcome)
-        if outcome.ok or outcome.error is not None:
-            self.health.record(decision.model_id, outcome.ok, time.monotonic(), latency_s=outcome.ttft_s,
-                               reason=outcome.error)
-            self._sync_health(decision.model_id, outcome.ok)
-        tokens = outcome.prompt_tokens + outcome.completion_tokens
-        self.quota.record(decision.model_id, request.api_key_id, tokens)
-        self.metrics.observe_request(decision.model_id, request.endpoint, status,
-                                     prompt_tokens=outcome.prompt_tokens, completion_tokens=outcome.completion_tokens,
-                                     cached_tokens=outcome.cached_tokens, ttft_s=outcome.ttft_s,
-                                     duration_s=outcome.duration_s)
-        self.decisions.complete(request.request_id, status=status, prompt_tokens=outcome.prompt_tokens,
-                                completion_tokens=outcome.completion_tokens, cached_tokens=outcome.cached_tokens,
-                                ttft_ms=None if outcome.ttft_s is None else outcome.ttft_s * 1000,
-                                duration_ms=outcome.duration_s * 1000, error=outcome.error)
-        experiment = decision.detail.get("experiment_id")
-        if experiment and self.experiments.get(experiment) is not None:
-            self.experiments.record(experiment, decision.detail["arm"], request.request_id, outcome)
+        finished = Finished(job.decision, job.request, outcome, status, time.monotonic())
+        for observer in self.observers:
+            observer(finished)
 
     # -- routing configuration ----------------------------------------------------------------
     def configure_router(self, name: str, params: Mapping[str, Any] | None = None) -> None:
@@ -161,7 +156,8 @@ class Engine:
             if experiment is None:
                 raise InvalidRequest("ab_test needs an experiment: create one with POST /api/experiments",
                                      param="params")
-            params = {**params, "experiment_id": experiment.id, "arms": [dataclasses.asdict(a) for a in experiment.arms]}
+            arms = [dataclasses.asdict(a) for a in experiment.arms]
+            params = {**params, "experiment_id": experiment.id, "arms": arms}
         self.router.configure(name, params)
 
     def create_experiment(self, name: str, arms: list[dict[str, Any]], metric: str, *, activate: bool) -> Any:
@@ -174,7 +170,8 @@ class Engine:
 
     def delete_experiment(self, experiment_id: str) -> None:
         self._experiment(experiment_id)
-        if self.router.strategy.name == "ab_test" and self.router.strategy.params().get("experiment_id") == experiment_id:
+        strategy = self.router.strategy
+        if strategy.name == "ab_test" and strategy.params().get("experiment_id") == experiment_id:
             # The experiment routed "auto" requests: hand them to the default strategy again.
             self.configure_router(DEFAULT_STRATEGY)
         self.experiments.delete(experiment_id)
@@ -194,31 +191,52 @@ class Engine:
 
     # -- health ------------------------------------------------------------------------------
     def model_health(self, model_id: str) -> tuple[Health, str | None]:
-        entry = self.registry.get(model_id)
-        return (Health.UNKNOWN, None) if entry is None else (entry.health, entry.health_reason)
+        """The model's health and why, as the health book shows it."""
+        return self.health.shown(model_id)
+
+    def shown_health(self, model_id: str) -> tuple[str, str | None]:
+        """A model's health column in the API, the window and /metrics: "loading" while its workers start and
+        none runs yet (a worker state, not a health value), else model_health's value and reason."""
+        if self.pool.is_loading(model_id):
+            return "loading", None
+        health, reason = self.model_health(model_id)
+        return health.value, reason
 
     def subscribe(self, listener: Callable[[str, ModelEntry], None]) -> Callable[[], None]:
-        """Catalog changes and health changes, as (event, entry)."""
-        return self.registry.subscribe(listener)
+        """Catalog changes, and changes of what a model's health shows as ("health", entry)."""
+        def health_changed(model_id: str, _health: Health, _reason: str | None) -> None:
+            entry = self.registry.get(model_id)
+            if entry is not None:
+                listener("health", entry)
 
-    def _sync_health(self, model_id: str, ok: bool) -> None:
-        """Show the breaker's view, except that one failure never hides a worse fact (a crashed worker)."""
-        health = self.health.health(model_id, time.monotonic())
-        if health is Health.UNKNOWN or (not ok and health is Health.HEALTHY):
-            return
-        self.registry.set_health(model_id, health, self.health.reason(model_id))
+        unsubscribers = (self.registry.subscribe(listener), self.health.subscribe(health_changed))
 
-    def _health_changed(self, model_id: str, health: Health, reason: str | None) -> None:
-        self.registry.set_health(model_id, health, reason)
+        def unsubscribe() -> None:
+            for stop in unsubscribers:
+                stop()
 
-    def _probes(self) -> Mapping[str, Any]:
-        """Loaded local workers: is the process alive; remote backends: their /v1/models."""
-        probes: dict[str, Any] = {}
+        return unsubscribe
+
+    def _forget_removed(self, event: str, entry: ModelEntry) -> None:
+        if event == "removed":
+            self.health.forget(entry.id)
+
+    def _probes(self) -> Mapping[str, Probe]:
+        """Every loaded worker of every replica: local ones, is the process alive; remote backends, their /v1/models.
+
+        The breaker is per model, so a model's probe covers all its loaded workers and fails when any of them
+        does, naming the replica: one dead replica of two fails it as a dead only worker would, and counts as one
+        failure of the model per round, however many replicas it runs. (A crash itself already shows: the
+        worker's failure makes its model unhealthy at once, whichever replica it was.)"""
+        local: dict[str, list[WorkerHandle]] = {}
+        probes: dict[str, Probe] = {}
         for view in self.pool.loaded():
             handle = self.pool.worker(view.model_id, view.replica)
-            if handle is None or view.replica != 0:
-                continue
-            probes[view.model_id] = handle.probe if hasattr(handle, "probe") else _alive_probe(handle)
+            if isinstance(handle, WorkerHandle):
+                local.setdefault(view.model_id, []).append(handle)
+            elif handle is not None:
+                probes[view.model_id] = handle.probe
+        probes.update((model_id, _alive_probe(handles)) for model_id, handles in local.items())
         for entry in self.registry.list():
             if entry.is_remote and entry.enabled and entry.id not in probes:
                 probes[entry.id] = _remote_probe(self, entry.id)
@@ -229,21 +247,25 @@ class Engine:
         for view in self.pool.loaded():
             memory[view.model_id] = memory.get(view.model_id, 0) + self.pool.memory_of(view.key)
         return [
-            ModelSnapshot(e.id, e.health.value, e.id in memory, memory.get(e.id, 0),
+            ModelSnapshot(e.id, self.shown_health(e.id)[0], e.id in memory, memory.get(e.id, 0),
                           self.quota.remaining_fraction(e.id))
             for e in self.registry.list()
         ]
 
 
-def _alive_probe(handle: Any) -> Any:
-    async def probe() -> tuple[bool, float, str | None]:
-        return handle.alive, 0.0, None if handle.alive else handle.dead_reason
+def _alive_probe(handles: list[WorkerHandle]) -> Probe:
+    async def probe() -> ProbeResult:
+        for handle in handles:
+            if not handle.alive:
+                reason = handle.dead_reason or "the worker process is not running"
+                return False, 0.0, reason if handle.replica == 0 else f"replica {handle.replica}: {reason}"
+        return True, 0.0, None
 
     return probe
 
 
-def _remote_probe(engine: Engine, model_id: str) -> Any:
-    async def probe() -> tuple[bool, float, str | None]:
+def _remote_probe(engine: Engine, model_id: str) -> Probe:
+    async def probe() -> ProbeResult:
         handle = await engine.pool.acquire(engine.registry.resolve(model_id))
         return await handle.probe()  # type: ignore[union-attr]
 

@@ -20,7 +20,7 @@ from app.core.engine import Engine, Job
 from app.core.errors import InvalidRequest, ModelNotFound
 from app.core.routing.health import Health
 from app.core.routing.quota import Limits, model_scope
-from app.core.routing.router import RouteRequest, RoutingDecision
+from app.core.routing.request import RouteRequest, RoutingDecision
 from app.core.runtime.pool import LoadedModel
 from app.core.runtime.remote.handle import RemoteSpec
 
@@ -34,7 +34,7 @@ class Models:
         self._engine = engine
 
     # -- reading ---------------------------------------------------------------------------
-    def list(self) -> list[ModelEntry]:
+    def all(self) -> list[ModelEntry]:
         return self._engine.registry.list()
 
     def served(self) -> list[ModelEntry]:
@@ -65,11 +65,15 @@ class Models:
     def health(self, model_id: str) -> tuple[Health, str | None]:
         return self._engine.model_health(model_id)
 
+    def shown_health(self, model_id: str) -> tuple[str, str | None]:
+        """What the health column shows: "loading" while the model's workers start, else health's value."""
+        return self._engine.shown_health(model_id)
+
     def info(self, name: str) -> dict[str, Any]:
         return views.model_info(self._engine, self.resolve(name))
 
     def infos(self) -> list[dict[str, Any]]:
-        return [views.model_info(self._engine, e) for e in self.list()]
+        return [views.model_info(self._engine, e) for e in self.all()]
 
     def openai_object(self, entry: ModelEntry) -> dict[str, Any]:
         return views.model_object(self._engine, entry)
@@ -81,6 +85,11 @@ class Models:
 
     def loaded(self) -> list[LoadedModel]:
         return self._engine.pool.loaded()
+
+    @property
+    def memory_budget(self) -> int:
+        """Bytes of RAM the loaded models may take together (what `fits` is measured against)."""
+        return self._engine.pool.budget
 
     def memory_of(self, worker_key: str) -> int:
         return self._engine.pool.memory_of(worker_key)
@@ -149,7 +158,7 @@ class Models:
         return views.model_info(self._engine, entry)
 
     # -- remote backends -------------------------------------------------------------------
-    def add_remote(self, model_id: str, *, base_url: str, model: str | None = None, api_key: str | None = None,
+    def add_remote(self, model_id: str, *, base_url: str, model: str, api_key: str | None = None,
                    capabilities: list[str], context_length: int | None = None) -> dict[str, Any]:
         spec = RemoteSpec(base_url=base_url, model=model, api_key=api_key, capabilities=capabilities,
                           context_length=context_length)
@@ -233,7 +242,7 @@ class Experiments:
         """Each experiment's definition and whether it routes `auto`, without the (costly) results."""
         return [self._engine.experiment_summary(e.id) for e in self._engine.experiments.list()]
 
-    async def list(self) -> list[dict[str, Any]]:
+    async def all(self) -> list[dict[str, Any]]:
         return [await self.info(experiment_id) for experiment_id in self.ids()]
 
     async def info(self, experiment_id: str) -> dict[str, Any]:
@@ -320,6 +329,14 @@ class Services:
     def config(self) -> Config:
         """This run's configuration (read it; change settings through the methods that persist them)."""
         return self._engine.config
+
+    def set_server(self, *, host: str, port: int, api_key: str | None, cors_origins: list[str]) -> None:
+        """Where the HTTP server listens and who may call it, in this run's config and config.json (the window's
+        Server tab); a server already listening uses them once restarted. OSError when config.json cannot be
+        written (this run keeps the new values)."""
+        config = self._engine.config
+        config.host, config.port, config.api_key, config.cors_origins = host, port, api_key, list(cors_origins)
+        config.save()
 
     async def start(self) -> None:
         await self._engine.start()

@@ -19,7 +19,7 @@ def model_info(engine: Engine, entry: ModelEntry) -> dict[str, Any]:
         for w in engine.pool.loaded() if w.model_id == entry.id
     ]
     remote = None if entry.remote is None else {k: v for k, v in entry.remote.items() if k != "api_key"}
-    health, health_reason = engine.model_health(entry.id)
+    health, health_reason = engine.shown_health(entry.id)
     return {
         "id": entry.id,
         "display_name": entry.display_name,
@@ -34,7 +34,7 @@ def model_info(engine: Engine, entry: ModelEntry) -> dict[str, Any]:
         "enabled": entry.enabled,
         "missing": entry.missing,
         "default": entry.id == engine.registry.default_id,
-        "health": health.value,
+        "health": health,
         "health_reason": health_reason,
         "use_count": entry.use_count,
         "last_used": entry.last_used,
@@ -70,7 +70,7 @@ def model_object(engine: Engine, entry: ModelEntry) -> dict[str, Any]:
         "owned_by": entry.source,
         "capabilities": entry.capabilities,
         "aliases": entry.aliases,
-        "health": engine.model_health(entry.id)[0].value,
+        "health": engine.shown_health(entry.id)[0],
         "context_length": entry.metadata.get("context_length"),
         "quantization": entry.metadata.get("quantization"),
     }

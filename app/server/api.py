@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import contextlib
+import hashlib
 import json
 import struct
 import time
@@ -17,7 +17,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from app.core.errors import SwitchboardError
 from app.core.routing.needs import translate
-from app.core.routing.router import RouteRequest, RoutingDecision
+from app.core.routing.request import RouteRequest, RoutingDecision
 from app.core.services import Job, Services
 from app.server import errors
 from app.server.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest

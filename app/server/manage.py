@@ -89,7 +89,7 @@ def routes(services: Services) -> APIRouter:
 
     @router.get("/experiments")
     async def list_experiments() -> dict[str, Any]:
-        return {"data": await services.experiments.list()}
+        return {"data": await services.experiments.all()}
 
     @router.post("/experiments")
     async def create_experiment(body: ExperimentBody) -> dict[str, Any]:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import gguf
 import openai
 import pytest
-from gguf.scripts.gguf_new_metadata import MetadataDetails, copy_with_new_metadata
 
 from tests.support.models import make_embedding_model
 from tests.support.servers import Served, start_server

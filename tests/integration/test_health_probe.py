@@ -7,8 +7,8 @@ import time
 
 import httpx
 
-from app.core.routing.health import BreakerConfig, HealthBook, HealthChecker
-from app.core.catalog.registry import Health
+from app.core.routing.health import BreakerConfig, Health, HealthBook
+from app.core.routing.health_checker import HealthChecker
 
 
 async def test_a_real_connection_error_from_a_closed_loopback_port() -> None:

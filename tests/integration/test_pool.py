@@ -17,8 +17,9 @@ import pytest
 from app.core.config import Config
 from app.core.engine import Engine
 from app.core.errors import InsufficientMemory, ModelUnavailable, WorkerCrashed
-from app.core.catalog.registry import Health
-from app.core.routing.router import RouteRequest
+from app.core.routing.health import Health
+from app.core.routing.request import RouteRequest
+from app.core.runtime.local.handle import WorkerState
 
 pytestmark = pytest.mark.slow
 DEFAULT_ID = "smollm2-135m-instruct:q4_1"
@@ -62,10 +63,10 @@ async def wait_for(predicate, timeout: float = 20.0) -> None:
 async def test_concurrent_first_requests_load_the_model_once(sb_home: Path) -> None:
     async with running() as engine:
         entry = engine.registry.resolve(DEFAULT_ID)
-        assert entry.health is Health.UNKNOWN
+        assert engine.model_health(DEFAULT_ID)[0] is Health.UNKNOWN
         handles = await asyncio.gather(*(engine.pool.acquire(entry) for _ in range(4)))
         assert len({id(h) for h in handles}) == 1
-        assert entry.health is Health.HEALTHY
+        assert engine.model_health(DEFAULT_ID)[0] is Health.HEALTHY
         workers = [p for p in psutil.Process().children() if "app.core.runtime.local.process" in " ".join(p.cmdline())]
         assert [p.pid for p in workers] == [handles[0].pid]
         # Its memory is its own process's, readable per model.
@@ -89,11 +90,41 @@ async def test_kill_9_mid_stream_gives_an_error_and_the_next_request_is_served(s
         with pytest.raises(WorkerCrashed, match="signal 9"):
             async for _ in stream:
                 pass
-        entry = engine.registry.resolve(DEFAULT_ID)
-        assert entry.health is Health.UNHEALTHY and "signal 9" in entry.health_reason
+        health, reason = engine.model_health(DEFAULT_ID)
+        assert health is Health.UNHEALTHY and "signal 9" in reason
         text, done = await collect(engine, DEFAULT_ID, "chat", CHAT)
         assert "Paris" in text and engine.pool.worker(DEFAULT_ID).pid != pid
-        assert entry.health is Health.HEALTHY
+        assert engine.model_health(DEFAULT_ID)[0] is Health.HEALTHY
+
+
+async def test_every_replica_is_probed_and_a_dead_one_shows_on_its_model(sb_home: Path) -> None:
+    async with running() as engine:
+        engine.registry.set_options(DEFAULT_ID, replicas=2)
+        entry = engine.registry.resolve(DEFAULT_ID)
+        steps: list[tuple[int, WorkerState]] = []
+        report = engine.pool.on_worker_state
+        assert report is not None
+
+        def record(model_id: str, replica: int, state: WorkerState, reason: str | None) -> None:
+            steps.append((replica, state))
+            report(model_id, replica, state, reason)
+
+        engine.pool.on_worker_state = record
+        await engine.pool.acquire(entry, 0)
+        second = await engine.pool.acquire(entry, 1)
+        probe = engine._probes()[DEFAULT_ID]  # one probe for the model, over both of its workers
+        assert await probe() == (True, 0.0, None)
+        assert second.pid is not None
+        os.kill(second.pid, signal.SIGKILL)
+        await wait_for(lambda: second.state is WorkerState.FAILED)
+        ok, _, why = await probe()
+        assert not ok and why is not None and why.startswith("replica 1: ") and "signal 9" in why
+        health, reason = engine.model_health(DEFAULT_ID)
+        assert health is Health.UNHEALTHY and reason is not None and "signal 9" in reason
+        assert steps == [(0, WorkerState.STARTING), (0, WorkerState.READY), (1, WorkerState.STARTING),
+                         (1, WorkerState.READY), (1, WorkerState.FAILED)]
+        assert engine.pool.worker(DEFAULT_ID, 1) is None
+        assert await engine._probes()[DEFAULT_ID]() == (True, 0.0, None), "replica 0 is still probed, and well"
 
 
 async def test_closing_a_stream_cancels_its_generation(sb_home: Path) -> None:
@@ -120,7 +151,7 @@ async def test_idle_models_unload_and_pinned_ones_stay(sb_home: Path) -> None:
         engine.pool.pin(DEFAULT_ID, False)
         assert await engine.pool.reap_idle() == [DEFAULT_ID]
         assert engine.pool.worker(DEFAULT_ID) is None and not psutil.pid_exists(pid)
-        assert engine.registry.resolve(DEFAULT_ID).health is Health.UNKNOWN
+        assert engine.model_health(DEFAULT_ID)[0] is Health.UNKNOWN
 
 
 async def test_memory_budget_evicts_the_least_recently_used(sb_home: Path, tmp_path: Path, default_model: Path) -> None:
@@ -154,7 +185,8 @@ async def test_a_model_that_cannot_load_is_unhealthy_with_the_reason(sb_home: Pa
         entry = engine.registry.resolve("broken-1m:q8_0")
         with pytest.raises(ModelUnavailable, match="failed to load"):
             await engine.pool.acquire(entry)
-        assert entry.health is Health.UNHEALTHY and "failed to load" in entry.health_reason
+        health, reason = engine.model_health(entry.id)
+        assert health is Health.UNHEALTHY and "failed to load" in reason
         assert engine.pool.loaded() == []
 
 

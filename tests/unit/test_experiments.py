@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from app.core.observe.experiments import Arm, Experiment, Experiments
-from app.core.storage.store import Store
 from app.core.routing.strategies.base import Outcome
+from app.core.storage.store import Store
 
 
 @pytest.fixture

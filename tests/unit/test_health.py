@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import time
+from pathlib import Path
 
-import httpx
 import pytest
 
-from app.core.routing.health import BreakerConfig, BreakerState, CircuitBreaker, HealthBook, HealthChecker
-from app.core.catalog.registry import Health
+from app.core.routing.health import BreakerConfig, BreakerState, CircuitBreaker, Health, HealthBook
+from app.core.routing.health_checker import HealthChecker
+from app.core.runtime.local.handle import WorkerState
 
 CFG = BreakerConfig(failure_threshold=3, success_threshold=2, cooldown_s=30.0, window_s=300.0,
                     degraded_error_rate=0.2, degraded_min_requests=10)
@@ -163,6 +162,91 @@ def test_book_keeps_one_breaker_per_model() -> None:
     assert sorted(book.models()) == ["a", "b"]
     book.forget("b")
     assert book.health("b", 3.0) is Health.UNKNOWN and book.allow("b", 3.0)
+
+
+def recording(book: HealthBook) -> list[tuple[str, Health, str | None]]:
+    changes: list[tuple[str, Health, str | None]] = []
+    book.subscribe(lambda *change: changes.append(change))
+    return changes
+
+
+def test_what_a_model_shows_is_set_once_and_listeners_hear_only_changes() -> None:
+    book = HealthBook(CFG)
+    changes = recording(book)
+    assert book.shown("smol") == (Health.UNKNOWN, None)
+    book.show("smol", Health.HEALTHY)
+    book.show("base", Health.UNHEALTHY, "load failed")
+    book.show("base", Health.UNHEALTHY, "load failed")  # the same again: nothing to tell
+    assert book.shown("smol") == (Health.HEALTHY, None) and book.shown("base") == (Health.UNHEALTHY, "load failed")
+    assert changes == [("smol", Health.HEALTHY, None), ("base", Health.UNHEALTHY, "load failed")]
+    book.forget("base")
+    assert book.shown("base") == (Health.UNKNOWN, None) and len(changes) == 2
+    unsubscribe = book.subscribe(lambda *_: changes.append(("late", Health.UNKNOWN, None)))
+    unsubscribe()
+    book.show("smol", Health.DEGRADED, "slow")
+    assert changes[-1] == ("smol", Health.DEGRADED, "slow") and len(changes) == 3
+
+
+def test_workers_decide_what_a_model_shows() -> None:
+    book = HealthBook(CFG)
+    changes = recording(book)
+    book.worker_changed("m", 0, WorkerState.STARTING)
+    assert book.shown("m") == (Health.UNKNOWN, None) and changes == [], "loading is a worker state, not a health"
+    book.worker_changed("m", 0, WorkerState.READY)
+    assert book.shown("m") == (Health.HEALTHY, None)
+    book.worker_changed("m", 1, WorkerState.STARTING)
+    book.worker_changed("m", 1, WorkerState.FAILED, "failed to load: bad tensor")
+    assert book.shown("m") == (Health.UNHEALTHY, "failed to load: bad tensor")
+    book.worker_changed("m", 1, WorkerState.STARTING)
+    book.worker_changed("m", 1, WorkerState.READY)
+    book.worker_changed("m", 0, WorkerState.STOPPING)
+    book.worker_changed("m", 0, WorkerState.STOPPED)
+    assert book.shown("m") == (Health.HEALTHY, None), "replica 1 still runs"
+    book.worker_changed("m", 1, WorkerState.FAILED, "killed by signal 9")
+    assert book.shown("m") == (Health.UNHEALTHY, "killed by signal 9")
+    book.worker_changed("m", 2, WorkerState.STARTING)
+    book.worker_changed("m", 2, WorkerState.STOPPING)
+    book.worker_changed("m", 2, WorkerState.STOPPED)
+    assert book.shown("m") == (Health.UNKNOWN, None), "the last worker stopped as asked"
+    assert [c[1] for c in changes] == [Health.HEALTHY, Health.UNHEALTHY, Health.HEALTHY, Health.UNHEALTHY,
+                                       Health.UNKNOWN]
+
+
+def test_what_the_book_shows_filters_what_routing_may_use_and_reaches_engine_listeners(tmp_path: Path) -> None:
+    from app.core.config import Config
+    from app.core.engine import Engine
+    from app.core.services import Models
+    from app.core.storage.store import Store
+    from tests.support.models import found
+
+    engine = Engine(Config(discovery=False), Store(tmp_path / "db.sqlite3"))  # builds no worker
+    events: list[tuple[str, str]] = []
+    engine.subscribe(lambda event, entry: events.append((event, entry.id)))
+    engine.registry.sync([found("base", "q4_0", "/m/base.gguf", template=None),
+                          found("smol", "q4_1", "/m/smol.gguf", source="embedded")])
+    engine.health.show("smol:q4_1", Health.HEALTHY)
+    engine.health.show("base:q4_0", Health.UNHEALTHY, "load failed")
+    models = Models(engine)
+    assert [e.id for e in models.all() if models.health(e.id)[0] is Health.HEALTHY] == ["smol:q4_1"]
+    assert [e.id for e in models.available()] == ["smol:q4_1"]
+    assert engine.model_health("base:q4_0") == (Health.UNHEALTHY, "load failed")
+    assert ("health", "base:q4_0") in events and ("added", "smol:q4_1") in events
+    engine.store.close()
+
+
+def test_request_results_show_the_breaker_but_one_failure_never_hides_a_worse_fact() -> None:
+    book = HealthBook(CFG)
+    book.worker_changed("m", 0, WorkerState.FAILED, "killed by signal 9")
+    assert book.record_request("m", False, 1.0, reason="worker stopped") is Health.HEALTHY  # 1 of 3 failures
+    assert book.shown("m") == (Health.UNHEALTHY, "killed by signal 9")
+    assert book.record_request("m", True, 2.0, latency_s=0.1) is Health.HEALTHY
+    assert book.shown("m") == (Health.HEALTHY, "worker stopped"), "the breaker's last failure stays its reason"
+    for t in (3.0, 4.0, 5.0):
+        book.record_request("m", False, t, reason="HTTP 500")
+    assert book.shown("m") == (Health.UNHEALTHY, "HTTP 500"), "the breaker opened: that is worse, so it shows"
+    book.worker_changed("n", 0, WorkerState.READY)
+    book.record_request("n", False, 1.0, reason="timeout")
+    assert book.shown("n") == (Health.HEALTHY, None), "one failure of a healthy model changes nothing shown"
 
 
 # -- HealthChecker -----------------------------------------------------------------------------

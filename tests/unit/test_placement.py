@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from app.core.runtime.placement import ALL_LAYERS, RUNTIME_OVERHEAD, VRAM_HEADROOM, estimate_bytes, kv_cache_bytes, place
+from app.core.runtime.placement import (
+    ALL_LAYERS,
+    RUNTIME_OVERHEAD,
+    VRAM_HEADROOM,
+    estimate_bytes,
+    kv_cache_bytes,
+    place,
+)
 
 MB = 1 << 20
 GB = 1 << 30

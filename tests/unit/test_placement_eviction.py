@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from app.core.runtime.placement import Resident, choose_evictions, expired
-from app.core.runtime.placement import context_for, estimate_bytes, kv_cache_bytes
+from app.core.runtime.placement import Resident, choose_evictions, context_for, estimate_bytes, expired, kv_cache_bytes
 
 MB = 1 << 20
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from app.core.catalog.discovery.found import FoundModel
+from app.core.catalog.registry import Registry
+from app.core.config import Config
+from app.core.engine import Engine
 from app.core.errors import InvalidRequest, ModelNotFound
-from app.core.catalog.gguf.header import GGUFHeader
-from app.core.catalog.registry import Health, Registry
+from app.core.services import Models
 from app.core.storage.store import Store
 from tests.support.models import found
 
@@ -77,12 +78,13 @@ def test_edits_and_usage_survive_restart_and_rescan(db: Path) -> None:
 
 
 def test_vanished_files_are_marked_missing_not_forgotten(db: Path) -> None:
-    registry = Registry(Store(db))
+    engine = Engine(Config(discovery=False), Store(db))  # builds no worker; only for what routing may use
+    registry = engine.registry
     registry.sync([found("smol", "q4_1", "/m/smol.gguf"), found("qwen", "q8_0", "/m/qwen.gguf")])
     registry.set_aliases("qwen:q8_0", ["q"])
     registry.sync([found("smol", "q4_1", "/m/smol.gguf")])
     qwen = registry.resolve("q")
-    assert qwen.missing and qwen not in registry.available()
+    assert qwen.missing and qwen not in Models(engine).available()
     # A partial scan (only some sources) concludes nothing about the rest.
     registry.sync([], complete=False)
     assert not registry.resolve("smol:q4_1").missing
@@ -104,18 +106,14 @@ def test_same_model_in_two_places_is_one_entry_and_versions_are_listed(db: Path)
     assert len(registry.list()) == 2
 
 
-def test_default_health_and_listeners(db: Path) -> None:
+def test_default_and_listeners(db: Path) -> None:
     registry = Registry(Store(db))
     events: list[tuple[str, str]] = []
     registry.subscribe(lambda event, entry: events.append((event, entry.id)))
     registry.sync([found("base", "q4_0", "/m/base.gguf", template=None),
                    found("smol", "q4_1", "/m/smol.gguf", source="embedded")])
     assert registry.default_id == "smol:q4_1", "the embedded model is the default until the user picks one"
-    registry.set_health("smol:q4_1", Health.HEALTHY)
-    registry.set_health("base:q4_0", Health.UNHEALTHY, "load failed")
-    assert [e.id for e in registry.healthy()] == ["smol:q4_1"]
-    assert [e.id for e in registry.available()] == ["smol:q4_1"]
-    assert ("health", "base:q4_0") in events and ("added", "smol:q4_1") in events
+    assert ("added", "smol:q4_1") in events
 
 
 def test_a_database_from_the_first_version_is_migrated(db: Path) -> None:

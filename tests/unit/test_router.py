@@ -11,17 +11,18 @@ from pathlib import Path
 
 import pytest
 
+from app.core.catalog.registry import Registry
 from app.core.config import Config
 from app.core.errors import CapabilityMissing, InvalidRequest, ModelNotFound, QuotaExceeded
-from app.core.routing.health import BreakerConfig, HealthBook
-from app.core.runtime.pool import ModelPool
+from app.core.routing.health import BreakerConfig, Health, HealthBook
+from app.core.routing.latency_stats import TargetStats
 from app.core.routing.needs import translate
 from app.core.routing.quota import Limits, QuotaManager
-from app.core.catalog.registry import Registry
-from app.core.routing.router import RequestRouter, RouteRequest
-from app.core.storage.store import Store
+from app.core.routing.request import RouteRequest
+from app.core.routing.router import RequestRouter
 from app.core.routing.strategies.base import Outcome
-from app.core.routing.latency_stats import TargetStats
+from app.core.runtime.pool import ModelPool
+from app.core.storage.store import Store
 from tests.support.models import found
 
 HELLO = {"messages": [{"role": "user", "content": "Hello there"}]}
@@ -67,7 +68,7 @@ def world(tmp_path: Path) -> World:
                    found("gamma", "q4_0", "/m/c.gguf"),
                    found("embed", "f16", "/m/e.gguf", arch="bert", template=None, pooling=1)])
     clock = Clock()
-    pool = ModelPool(registry, Config(), store)
+    pool = ModelPool(Config(), store)
     quota = QuotaManager(store, clock=clock)
     health = HealthBook(BreakerConfig(failure_threshold=2, success_threshold=1, cooldown_s=10.0))
     router = RequestRouter(registry, pool, quota, health, TargetStats(), store, clock=clock)
@@ -181,6 +182,14 @@ def test_unhealthy_model_is_skipped_and_returns_after_cooldown(world: World) -> 
     assert explained["alpha:q4_0"].startswith("unhealthy")
     world.clock.now += 11
     assert "alpha:q4_0" in {world.route().model_id for _ in range(6)}
+
+
+def test_a_model_the_health_book_shows_degraded_scores_below_the_healthy_ones(world: World) -> None:
+    world.router.configure("least_loaded")
+    world.health.show("alpha:q4_0", Health.DEGRADED, "3 of the last 10 requests failed")
+    scores = {c["model_id"]: c["score"] for c in world.route().explain()["candidates"]}
+    assert scores["alpha:q4_0"] < min(scores["beta:q4_0"], scores["gamma:q4_0"])
+    assert world.route().model_id != "alpha:q4_0"
 
 
 def test_named_model_falls_back_in_order(world: World) -> None:

@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from app.core.routing.strategies import STRATEGIES, Outcome, RouteContext, Strategy, Target, build, names
-from app.core.routing.strategies.common import DEGRADED_PENALTY, check_params, load, next_in_turn
+from app.core.routing.strategies.common import DEGRADED_PENALTY, load, next_in_turn
 from app.core.routing.strategies.least_loaded import LeastLoaded
+from app.core.routing.strategies.params import NoParams
 
 AB_PARAMS = {
     "experiment_id": "exp-1",
@@ -115,7 +116,7 @@ def test_parameters_must_be_a_mapping() -> None:
         build("least_loaded", ["memory_weight"])  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="takes no parameters"):
         build("round_robin", {"x": 1})
-    assert check_params("x", None, ()) == {}
+    assert NoParams.parse("x", None) == NoParams()
 
 
 def test_shared_helpers() -> None:
@@ -129,10 +130,10 @@ def test_shared_helpers() -> None:
     assert load(Target("m", "m", memory_pressure=7.0), 2.0) == 2.0
 
 
-def test_least_loaded_inlines_load_faithfully() -> None:
+def test_least_loaded_scores_are_its_load() -> None:
     ts = [Target(f"m{i}", "m", in_flight=i - 2, memory_pressure=p, degraded=i == 3)
           for i, p in enumerate([0.0, 0.3, 1.0, 2.0, float("nan"), -1.0])]
-    scores = LeastLoaded(1.5).scores(ts)
+    scores = LeastLoaded.from_params({"memory_weight": 1.5}).scores(ts)
     for t in ts:
         expected = 1 / (1 + load(t, 1.5)) - (DEGRADED_PENALTY if t.degraded else 0.0)
         assert scores[t.key] == pytest.approx(expected)
@@ -177,6 +178,18 @@ def test_all_degraded_and_no_latencies(name: str) -> None:
         sel = s.select(ts, ctx(i))
         assert sel.key in {t.key for t in ts}
         s.on_start(next(t for t in ts if t.key == sel.key), ctx(i))
+
+
+@pytest.mark.parametrize("name", list(SAMPLE_PARAMS))
+def test_every_strategy_has_every_hook(name: str) -> None:
+    # The router calls the hooks on whatever strategy is configured (no getattr): each one has all of them.
+    s = make(name)
+    t = Target("m0", "m0")
+    s.on_start(t, ctx())
+    s.on_complete(t, ctx(), Outcome(ok=True, prompt_tokens=10, cached_tokens=5))
+    s.forget("m0")
+    s.forget("never-seen")
+    assert s.select([t], ctx(1)).key == "m0"
 
 
 @pytest.mark.parametrize("name", [n for n in SAMPLE_PARAMS if n != "weighted_random"])

@@ -16,8 +16,12 @@ N = 2000
 TOLERANCE = 0.05  # binomial sd at p=0.5, n=2000 is ~0.011: this is ~4.5 sd
 
 
+def ab(experiment_id: str, arms: object, **params: object) -> ABTest:
+    return ABTest.from_params({"experiment_id": experiment_id, "arms": arms, **params})
+
+
 def test_fifty_fifty_over_distinct_sessions() -> None:
-    s = ABTest("exp-1", ARMS)
+    s = ab("exp-1", ARMS)
     arms = Counter(s.select(TS, RouteContext(session_key=f"session-{i}")).detail["arm"] for i in range(N))
     assert arms["control"] / N == pytest.approx(0.5, abs=TOLERANCE)
     assert arms["control"] + arms["big"] == N
@@ -25,26 +29,26 @@ def test_fifty_fifty_over_distinct_sessions() -> None:
 
 def test_uneven_split() -> None:
     arms = [{"name": "a", "model_id": "small", "percent": 90}, {"name": "b", "model_id": "large", "percent": 10}]
-    s = ABTest("exp-2", arms)
+    s = ab("exp-2", arms)
     counts = Counter(s.select(TS, RouteContext(user=f"user-{i}")).detail["arm"] for i in range(N))
     assert counts["b"] / N == pytest.approx(0.1, abs=TOLERANCE)
 
 
 def test_sticky_per_session_and_across_instances() -> None:
-    s = ABTest("exp-1", ARMS)
+    s = ab("exp-1", ARMS)
     for i in range(50):
         ctx = RouteContext(session_key=f"session-{i}", request_id=f"r{i}")
         arm = s.select(TS, ctx).detail["arm"]
         for j in range(5):
             assert s.select(TS, RouteContext(session_key=f"session-{i}", request_id=f"x{j}")).detail["arm"] == arm
-        assert ABTest("exp-1", ARMS).select(TS, ctx).detail["arm"] == arm  # a stable hash, no process salt
-        assert assign_arm("exp-1", f"session-{i}", ABTest("exp-1", ARMS).arms).name == arm
+        assert ab("exp-1", ARMS).select(TS, ctx).detail["arm"] == arm  # a stable hash, no process salt
+        assert assign_arm("exp-1", f"session-{i}", ab("exp-1", ARMS).config.arms).name == arm
 
 
 def test_selection_detail_reason_and_scores() -> None:
-    s = ABTest("exp-1", ARMS)
+    s = ab("exp-1", ARMS)
     ctx = next(RouteContext(session_key=f"s{i}") for i in range(100)
-               if assign_arm("exp-1", f"s{i}", s.arms).name == "big")
+               if assign_arm("exp-1", f"s{i}", s.config.arms).name == "big")
     sel = s.select(TS, ctx)
     assert sel.key == "large"  # the less loaded replica of the arm's model
     assert sel.detail == {"experiment_id": "exp-1", "arm": "big"}
@@ -53,15 +57,15 @@ def test_selection_detail_reason_and_scores() -> None:
 
 
 def test_key_order_session_then_user_then_request() -> None:
-    arms = ABTest("e", ARMS).arms
-    s = ABTest("e", ARMS)
+    arms = ab("e", ARMS).config.arms
+    s = ab("e", ARMS)
     assert s.select(TS, RouteContext(session_key="k", user="u", request_id="r")).detail["arm"] == \
         assign_arm("e", "k", arms).name
     assert s.select(TS, RouteContext(user="u", request_id="r")).detail["arm"] == assign_arm("e", "u", arms).name
     assert s.select(TS, RouteContext(request_id="r")).detail["arm"] == assign_arm("e", "r", arms).name
     # No key at all: the seeded random.Random decides, reproducibly.
-    a = [ABTest("e", ARMS, seed=4).select(TS, RouteContext()).detail["arm"] for _ in range(1)]
-    b = ABTest("e", ARMS, seed=4)
+    a = [ab("e", ARMS, seed=4).select(TS, RouteContext()).detail["arm"] for _ in range(1)]
+    b = ab("e", ARMS, seed=4)
     assert [b.select(TS, RouteContext()).detail["arm"] for _ in range(1)] == a
 
 
@@ -83,10 +87,10 @@ def test_assign_arm_is_pure_and_takes_any_arm_like() -> None:
 
 
 def test_arm_model_missing_falls_back_to_first_present_arm() -> None:
-    s = ABTest("exp-1", ARMS)
+    s = ab("exp-1", ARMS)
     only_small = [Target("small", "small"), Target("other", "other")]
     ctx = next(RouteContext(session_key=f"s{i}") for i in range(100)
-               if assign_arm("exp-1", f"s{i}", s.arms).name == "big")
+               if assign_arm("exp-1", f"s{i}", s.config.arms).name == "big")
     sel = s.select(only_small, ctx)
     assert sel.key == "small"
     assert sel.detail == {"experiment_id": "exp-1", "arm": "control", "assigned_arm": "big"}
@@ -120,6 +124,6 @@ def test_validation(arms: object, message: str) -> None:
 def test_percent_sum_tolerance() -> None:
     third = 100 / 3
     arms = [{"name": n, "model_id": n, "percent": third} for n in "abc"]
-    assert len(ABTest("e", arms).arms) == 3
+    assert len(ab("e", arms).config.arms) == 3
     with pytest.raises(ValueError, match="missing parameter arms"):
         ABTest.from_params({"experiment_id": "e"})

@@ -40,7 +40,7 @@ def test_same_session_same_target_across_100_calls() -> None:
 
 
 def test_ttl_expiry_and_refresh() -> None:
-    s = Affinity(ttl_s=100)
+    s = Affinity.from_params({"ttl_s": 100})
     route(s, [T("a"), T("b", 1)], C(now=0.0))
     ts = [T("a", 2), T("b", 0)]
     assert route(s, ts, C(now=90.0)).key == "a"  # refreshed: now valid until 190
@@ -51,7 +51,7 @@ def test_ttl_expiry_and_refresh() -> None:
 
 
 def test_table_is_bounded_oldest_dropped() -> None:
-    s = Affinity(max_sessions=10)
+    s = Affinity.from_params({"max_sessions": 10})
     for i in range(25):
         s.on_start(T(f"m{i}"), C(f"s{i}", now=float(i)))
         assert s.session_count() <= 10
@@ -91,22 +91,22 @@ ALL = [T("gen"), T("vis", 1), T("vis#1", 0, replica=1), T("keyed"), T("anns"), T
     ],
 )
 def test_pins_of_each_kind_and_precedence(ctx: RouteContext, expected: str, kind: str) -> None:
-    s = Affinity(pins=PINS)
+    s = Affinity.from_params({"pins": PINS})
     sel = s.select(ALL, ctx)
     assert sel.key == expected and sel.detail == {"pin": kind}
     assert sel.reason.startswith(f"pinned by {kind}")
 
 
 def test_pin_beats_sticky_session_and_sticky_beats_fallback() -> None:
-    s = Affinity(pins=[{"kind": "user", "value": "ann", "model_id": "anns"}])
+    s = Affinity.from_params({"pins": [{"kind": "user", "value": "ann", "model_id": "anns"}]})
     route(s, [T("gen"), T("anns", 1)], C("s9"))  # sticks to gen
     assert s.select(ALL, C("s9", user="ann")).key == "anns"
     assert s.select(ALL, C("s9", user="bob")).key == "gen"
 
 
 def test_pinned_model_without_target_falls_back_and_says_so() -> None:
-    s = Affinity(pins=[{"kind": "user", "value": "ann", "model_id": "gone"},
-                       {"kind": "capability", "value": "vision", "model_id": "vis"}])
+    s = Affinity.from_params({"pins": [{"kind": "user", "value": "ann", "model_id": "gone"},
+                                       {"kind": "capability", "value": "vision", "model_id": "vis"}]})
     sel = s.select(ALL, C(None, user="ann", capabilities=frozenset({"vision"})))
     assert sel.key == "vis#1"
     assert sel.reason == "pinned by capability 'vision' to vis (user pin's model gone has no target)"
@@ -116,8 +116,8 @@ def test_pinned_model_without_target_falls_back_and_says_so() -> None:
 
 def test_pin_validation() -> None:
     with pytest.raises(ValueError, match="pinned twice"):
-        Affinity(pins=[{"kind": "user", "value": "a", "model_id": "m"}] * 2)
+        Affinity.from_params({"pins": [{"kind": "user", "value": "a", "model_id": "m"}] * 2})
     with pytest.raises(ValueError, match=r"pins\[0\]\.model_id"):
-        Affinity(pins=[{"kind": "user", "value": "a"}])
+        Affinity.from_params({"pins": [{"kind": "user", "value": "a"}]})
     with pytest.raises(ValueError, match=r"pins\[0\]: unknown field colour"):
-        Affinity(pins=[{"kind": "user", "value": "a", "model_id": "m", "colour": "red"}])
+        Affinity.from_params({"pins": [{"kind": "user", "value": "a", "model_id": "m", "colour": "red"}]})

@@ -1,20 +1,21 @@
 """cache_aware: prefix routing of conversations, load balance, spread misses, correction from reported cache use,
-bounded memory; the prefix tree itself against a brute-force reference; and the fast select against a plain
-statement of its rule (same decisions, reasons and scores)."""
+bounded memory; the prefix tree itself against a brute-force reference; and select against a statement of its
+rule fed with what each target was sent, by brute force (same decisions, reasons and scores)."""
 
 from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.core.routing.strategies import Outcome, RouteContext, Selection, Target
-from app.core.routing.strategies.cache_aware import CacheAware, PrefixTree
+from app.core.routing.strategies.cache_aware import CacheAware
 from app.core.routing.strategies.common import DEGRADED_PENALTY, pct
+from app.core.routing.strategies.prefix_tree import PrefixTree
 
 SYSTEM = "<|system|>\nYou are a careful assistant. Answer briefly and cite sources when you can.\n"
 
@@ -97,7 +98,7 @@ def test_misses_spread_and_respect_load() -> None:
 
 
 def test_correction_lowers_a_target_whose_cache_is_gone() -> None:
-    s = CacheAware(correction_alpha=0.5)
+    s = CacheAware.from_params({"correction_alpha": 0.5})
     a, b = T("a"), T("b")
     conv = turn(SYSTEM, "Explain the history of the printing press in Europe, step by step.")
     s.on_start(a, C(conv))
@@ -136,7 +137,7 @@ def test_failures_and_unpredicted_reuse_leave_the_factor_alone() -> None:
 
 
 def test_memory_bound_evicts_least_recently_used() -> None:
-    s = CacheAware(max_chars_per_target=1000)
+    s = CacheAware.from_params({"max_chars_per_target": 1000})
     a = T("a")
     texts = [f"{i:03d} " + "lorem ipsum dolor sit amet " * 4 for i in range(40)]  # ~112 chars each
     for i, text in enumerate(texts):
@@ -165,7 +166,7 @@ def test_empty_text_and_thresholds() -> None:
     s.on_start(T("a"), C("abcdefghij"))
     assert s.select([T("a"), T("b")], C("abcdeXXXXX")).detail["match"] == 0.5  # 5 of 10
     assert s.select([T("a"), T("b")], C("abcdeXXXXX")).detail["branch"] == "hit"  # 0.5 >= 0.5
-    assert CacheAware(cache_threshold=0.6).select([T("a")], C("abcdeXXXXX")).detail["branch"] == "miss"
+    assert CacheAware.from_params({"cache_threshold": 0.6}).select([T("a")], C("abcdeXXXXX")).detail["branch"] == "miss"
 
 
 def test_params() -> None:
@@ -269,55 +270,64 @@ def test_insert_after_a_walk_is_the_same(ops: list[tuple[str, str, str]], limit:
     assert walked.match(probe) == plain.match(probe)
 
 
-# --- the fast select against the plain statement of its rule ------------------------------------------------
+# --- select against the rule, fed by brute force ------------------------------------------------------------
 
 
-def reference_select(s: CacheAware, targets: Sequence[Target], ctx: RouteContext) -> Selection:
-    """The rule as first written, with one pass per quantity: select must give exactly this (same key, reason,
-    scores and detail), only faster."""
-    ll, p = s._ll, DEGRADED_PENALTY
-    degraded = [t.degraded for t in targets]
-    all_degraded = False not in degraded
-    if len(targets) > 1:
-        flights = ([t.in_flight for t in targets] if all_degraded or True not in degraded
-                   else [t.in_flight for t in targets if not t.degraded])
-        hi, lo = max(max(flights), 0), max(min(flights), 0)
-        if hi - lo > s.balance_abs_threshold and hi > s.balance_rel_threshold * lo:
-            scores = ll.scores(targets)
-            chosen, why = ll.choose(targets, scores)
-            return Selection(chosen.key, f"load imbalanced ({hi} vs {lo} in flight): {why}", scores,
-                             {"branch": "balance"})
+class Sent:
+    """What the test sent each target (as on_start keeps it: the first max_chars characters), by brute force:
+    what its tree holds as long as the target never went over its budget (then eviction decides)."""
+
+    def __init__(self, max_chars: int) -> None:
+        self.max_chars = max_chars
+        self.texts: dict[str, set[str]] = {}
+
+    def add(self, key: str, text: str) -> None:
+        if text:
+            self.texts.setdefault(key, set()).add(text[: self.max_chars])
+
+    def size(self, key: str) -> int:
+        """Characters held: every distinct prefix is one tree character."""
+        return len({t[:i] for t in self.texts.get(key, ()) for i in range(1, len(t) + 1)})
+
+    def within_budget(self) -> bool:
+        return all(self.size(k) <= self.max_chars for k in self.texts)
+
+    def held(self, text: str) -> dict[str, int]:
+        return {k: m for k, texts in self.texts.items() if (m := max(common(text, t) for t in texts))}
+
+
+def reference_select(s: CacheAware, targets: Sequence[Target], ctx: RouteContext, held: Mapping[str, int],
+                     sizes: Mapping[str, float]) -> Selection:
+    """The rule stated plainly, one pass per quantity, given each target's match (`held`) and tree fill (`sizes`):
+    select must give exactly this (same key, reason, scores and detail)."""
+    ll, p, c, corr = s._ll, DEGRADED_PENALTY, s.config, s._correction
+    pool = [t for t in targets if not t.degraded] or list(targets)  # who may win
+    flights = [t.in_flight for t in pool]
+    hi, lo = max(max(flights), 0), max(min(flights), 0)
+    if hi - lo > c.balance_abs_threshold and hi > c.balance_rel_threshold * lo:
+        scores = ll.scores(targets)
+        chosen, why = ll.choose(targets, scores)
+        return Selection(chosen.key, f"load imbalanced ({hi} vs {lo} in flight): {why}", scores,
+                         {"branch": "balance"})
     text = ctx.text
-    held = s._tree.match(text) if text else {}
-    corr = s._correction
-    best = 0.0
     inv = 1.0 / len(text) if text else 0.0
-    if held and max(held.values()) * inv >= s.cache_threshold:
-        scores = {t.key: held.get(t.key, 0) * inv * corr.get(t.key, 1.0) - (p if t.degraded else 0.0)
-                  for t in targets}
-        values = list(scores.values())
-        top = max(values)
-        best = top + p if all_degraded else top
-        if best > 0.0 and best >= s.cache_threshold:
-            if values.count(top) == 1:
-                chosen = targets[values.index(top)]
-            else:
-                chosen = min((t for t, v in zip(targets, values) if v == top),
-                             key=lambda t: (max(t.in_flight, 0), t.key))
-            reason = f"prefix match {pct(best)} on {chosen.key}"
-            c = corr.get(chosen.key, 1.0)
-            if c < 0.995:
-                reason += f" (after correction x{c:.2f})"
-            return Selection(chosen.key, reason, scores, {"branch": "hit", "match": best})
-    elif held:
-        best = max(held.get(t.key, 0) * corr.get(t.key, 1.0) for t in targets) * inv
-    scores = ll.scores(targets, s._tree.size, 1.0 / s.max_chars_per_target)
+    ratio = {t.key: held.get(t.key, 0) * inv * corr.get(t.key, 1.0) for t in targets}  # predicted match
+    best = max(ratio[t.key] for t in pool)
+    if best > 0.0 and best >= c.cache_threshold:
+        scores = {t.key: ratio[t.key] - (p if t.degraded else 0.0) for t in targets}
+        tied = [t for t in pool if ratio[t.key] == best]
+        chosen = min(tied, key=lambda t: (max(t.in_flight, 0), t.key))
+        reason = f"prefix match {pct(best)} on {chosen.key}"
+        factor = corr.get(chosen.key, 1.0)
+        if factor < 0.995:
+            reason += f" (after correction x{factor:.2f})"
+        return Selection(chosen.key, reason, scores, {"branch": "hit", "match": best})
+    scores = ll.scores(targets, sizes, 1.0 / c.max_chars_per_target)
     values = list(scores.values())
     chosen = targets[values.index(max(values))]
-    reason = (f"cache miss (best match {pct(max(best, 0.0))} < {pct(s.cache_threshold)}): "
+    reason = (f"cache miss (best match {pct(best)} < {pct(c.cache_threshold)}): "
               f"{chosen.key} has the least load and cached text")
-    return Selection(chosen.key, reason, scores, {"branch": "miss", "match": max(best, 0.0)})
-
+    return Selection(chosen.key, reason, scores, {"branch": "miss", "match": best})
 
 pressures = st.one_of(st.floats(0, 1), st.sampled_from([-0.5, 1.5, float("nan"), float("inf")]))
 
@@ -340,7 +350,9 @@ def pools(draw: st.DrawFn) -> list[Target]:
                       min_size=1, max_size=25))
 def test_select_is_the_rule_exactly(threshold: float, alpha: float, max_chars: int,
                                     steps: list[tuple[list[Target], str, int, float, str, float | None]]) -> None:
-    s = CacheAware(cache_threshold=threshold, correction_alpha=alpha, max_chars_per_target=max_chars)
+    s = CacheAware.from_params({"cache_threshold": threshold, "correction_alpha": alpha,
+                                "max_chars_per_target": max_chars})
+    sent = Sent(max_chars)
     convs = ["", "", ""]
     for i, (targets, turn_text, conv, reuse, key, factor) in enumerate(steps):
         if factor is not None:  # as if that target's reports had driven its factor there
@@ -349,8 +361,13 @@ def test_select_is_the_rule_exactly(threshold: float, alpha: float, max_chars: i
         convs[c] = (convs[c] or SYSTEM[: 20 + 7 * c]) + turn_text * (1 + conv)  # growing conversations
         ctx = C(convs[c] if conv < 3 else turn_text, f"r{i}")
         sel = s.select(targets, ctx)
-        assert sel == reference_select(s, targets, ctx)
+        if sent.within_budget():  # the caches as sent
+            held, sizes = sent.held(ctx.text), {k: float(sent.size(k)) for k in sent.texts}
+        else:  # as eviction left them (the tree's eviction is checked against its own reference above)
+            held, sizes = (s._tree.match(ctx.text) if ctx.text else {}), dict(s._tree.size)
+        assert sel == reference_select(s, targets, ctx, held, sizes)
         chosen = next(t for t in targets if t.key == sel.key)
         s.on_start(chosen, ctx)
+        sent.add(chosen.key, ctx.text)
         prompt = max(len(ctx.text), 1)
         s.on_complete(chosen, ctx, Outcome(ok=True, prompt_tokens=prompt, cached_tokens=int(prompt * reuse)))

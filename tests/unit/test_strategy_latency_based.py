@@ -17,6 +17,10 @@ def T(key: str, ttft: float | None = None, tpot: float | None = None, samples: i
     return Target(key, model, ttft_s=ttft, tpot_s=tpot, latency_samples=samples, **kw)  # type: ignore[arg-type]
 
 
+def L(**params: object) -> LatencyBased:
+    return LatencyBased.from_params(params)
+
+
 def route(s: LatencyBased, targets: Sequence[Target]) -> Selection:
     sel = s.select(targets, CTX)
     s.on_start(next(t for t in targets if t.key == sel.key), CTX)
@@ -40,20 +44,20 @@ def test_prefers_the_fastest_expected_answer() -> None:
     assert sel.key == "b"
     assert sel.reason == "fastest: ~940 ms expected vs ~3250 ms on a"
     assert sel.scores == pytest.approx({"b": 1 / 1.94, "a": 1 / 4.25})  # 1 / (1 + expected seconds)
-    assert LatencyBased(expected_tokens=0).select([quick_start, quick_stream], CTX).key == "a"
+    assert L(expected_tokens=0).select([quick_start, quick_stream], CTX).key == "a"
 
 
 def test_re_explores_periodically() -> None:
-    s = LatencyBased(explore_every=5)
+    s = L(explore_every=5)
     fast, slow = T("fast", 0.05, 0.01, samples=100), T("slow", 0.5, 0.05, samples=4)
     picks = [route(s, [fast, slow]).key for _ in range(20)]
     assert [i + 1 for i, k in enumerate(picks) if k == "slow"] == [5, 10, 15, 20]
-    assert LatencyBased(explore_every=0).select([fast, slow], CTX).key == "fast"
+    assert L(explore_every=0).select([fast, slow], CTX).key == "fast"
 
 
 def test_early_luck_is_not_forever() -> None:
     # A target measured fast on few samples is re-checked: after the router's EWMA catches up, it loses.
-    s = LatencyBased(explore_every=4)
+    s = L(explore_every=4)
     lucky = T("lucky", 0.01, 0.001, samples=3)
     steady = T("steady", 0.1, 0.005, samples=3)
     assert route(s, [lucky, steady]).key == "lucky"
@@ -62,7 +66,7 @@ def test_early_luck_is_not_forever() -> None:
 
 
 def test_no_division_by_zero() -> None:
-    s = LatencyBased(min_samples=0)
+    s = L(min_samples=0)
     zero = [T("a", 0.0, 0.0, samples=5), T("b", 0.0, 0.0, samples=5)]
     sel = s.select(zero, CTX)
     assert sel.scores == {"a": 1.0, "b": 1.0} and "tied" in sel.reason  # instant answers score 1

@@ -34,8 +34,9 @@ def test_memory_pressure_counts_as_load() -> None:
     sel = LeastLoaded().select(ts, CTX)
     assert sel.key == "a"
     assert "load 1.8 (0 in flight + memory 1.8)" in sel.reason
-    assert LeastLoaded(memory_weight=0.0).select(ts, CTX).key == "b"
-    assert LeastLoaded(memory_weight=1.0).select([T("a", 1), T("b", 0, 1.0)], CTX).reason.endswith("taking turns")
+    assert LeastLoaded.from_params({"memory_weight": 0.0}).select(ts, CTX).key == "b"
+    equal = LeastLoaded.from_params({"memory_weight": 1.0})
+    assert equal.select([T("a", 1), T("b", 0, 1.0)], CTX).reason.endswith("taking turns")
 
 
 def test_ties_take_turns_deterministically() -> None:
@@ -62,7 +63,7 @@ def test_nonsense_inputs_count_as_nothing() -> None:
 
 def test_params() -> None:
     assert LeastLoaded().params() == {"memory_weight": 2.0}
-    assert LeastLoaded.from_params({"memory_weight": 0}).memory_weight == 0.0
+    assert LeastLoaded.from_params({"memory_weight": 0}).config.memory_weight == 0.0
     with pytest.raises(ValueError, match="memory_weight"):
         LeastLoaded.from_params({"memory_weight": -0.5})
     with pytest.raises(ValueError, match="weight"):

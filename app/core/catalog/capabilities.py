@@ -14,7 +14,8 @@ TOOLS = "tools"
 KNOWN = (CHAT, COMPLETION, EMBEDDINGS, VISION, TOOLS)
 
 # Encoder-only architectures llama.cpp runs as embedding models.
-EMBEDDING_ARCHITECTURES = frozenset({"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "t5encoder", "modern-bert"})
+EMBEDDING_ARCHITECTURES = frozenset(
+    {"bert", "nomic-bert", "nomic-bert-moe", "jina-bert-v2", "t5encoder", "modern-bert"})
 
 
 def infer(meta: Mapping[str, Any], *, has_projector: bool = False) -> list[str]:

@@ -1,27 +1,21 @@
-"""The model registry: every known model with its metadata, user settings, usage and health."""
+"""The model registry: every known model with its metadata, user settings and usage.
+
+Health is not here: app/core/routing/health.py owns it.
+"""
 
 from __future__ import annotations
 
+import builtins
 import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 from app.core.catalog import capabilities as caps
 from app.core.catalog.discovery.found import FoundModel
 from app.core.errors import InvalidRequest, ModelNotFound
 from app.core.storage.store import Store
-
-
-class Health(str, Enum):
-    UNKNOWN = "unknown"
-    LOADING = "loading"
-    HEALTHY = "healthy"
-    DEGRADED = "degraded"
-    UNHEALTHY = "unhealthy"
-
 
 # The fields a scan (or the user, for a remote backend) determines; persisted as one JSON document.
 _DISCOVERED = ("name", "tag", "source", "path", "paths", "parts", "projector", "display_name", "metadata",
@@ -49,8 +43,6 @@ class ModelEntry:
     missing: bool = False
     use_count: int = 0
     last_used: float | None = None
-    health: Health = Health.UNKNOWN
-    health_reason: str | None = None
     # Routing options the user sets: weight (weighted-random), fallbacks (tried in order when this model
     # cannot serve a request that names it), replicas (worker processes).
     weight: float = 1.0
@@ -68,7 +60,8 @@ class ModelEntry:
 
     @property
     def capabilities(self) -> list[str]:
-        return list(self.capabilities_override if self.capabilities_override is not None else self.inferred_capabilities)
+        chosen = self.capabilities_override if self.capabilities_override is not None else self.inferred_capabilities
+        return list(chosen)
 
     @property
     def size(self) -> int:
@@ -144,14 +137,7 @@ class Registry:
     def list(self) -> list[ModelEntry]:
         return list(self._entries.values())
 
-    def available(self) -> list[ModelEntry]:
-        """Models a request may be routed to: enabled, present on disk, not unhealthy."""
-        return [e for e in self._entries.values() if e.enabled and not e.missing and e.health is not Health.UNHEALTHY]
-
-    def healthy(self) -> list[ModelEntry]:
-        return [e for e in self._entries.values() if e.health is Health.HEALTHY]
-
-    def versions(self, model_id: str) -> list[str]:
+    def versions(self, model_id: str) -> builtins.list[str]:
         """The same model in other quantizations or from other sources."""
         entry = self.resolve(model_id)
         return sorted(e.id for e in self._entries.values() if e.name == entry.name and e.id != entry.id)
@@ -180,8 +166,8 @@ class Registry:
                     seen[fresh.id].paths.append(fresh.path)
                 continue
             seen[fresh.id] = fresh
-        writes: list[tuple[str, dict[str, Any], bool]] = []
-        events: list[tuple[str, ModelEntry]] = []
+        writes: builtins.list[tuple[str, dict[str, Any], bool]] = []
+        events: builtins.list[tuple[str, ModelEntry]] = []
         for model_id, fresh in seen.items():
             current = self._entries.get(model_id)
             if current is None:
@@ -212,7 +198,7 @@ class Registry:
         self._emit("changed", entry)
         return entry
 
-    def set_aliases(self, name: str, aliases: list[str]) -> ModelEntry:
+    def set_aliases(self, name: str, aliases: builtins.list[str]) -> ModelEntry:
         entry = self.resolve(name)
         clean = list(dict.fromkeys(a.strip() for a in aliases if a.strip()))
         for alias in clean:
@@ -229,7 +215,7 @@ class Registry:
         self._emit("changed", entry)
         return entry
 
-    def set_capabilities(self, name: str, capabilities: list[str] | None) -> ModelEntry:
+    def set_capabilities(self, name: str, capabilities: builtins.list[str] | None) -> ModelEntry:
         """None returns to the inferred capabilities. Users may add their own tags."""
         entry = self.resolve(name)
         if capabilities is not None:
@@ -239,7 +225,7 @@ class Registry:
         self._emit("changed", entry)
         return entry
 
-    def set_options(self, name: str, *, weight: float | None = None, fallbacks: list[str] | None = None,
+    def set_options(self, name: str, *, weight: float | None = None, fallbacks: builtins.list[str] | None = None,
                     replicas: int | None = None) -> ModelEntry:
         entry = self.resolve(name)
         if weight is not None:
@@ -259,7 +245,7 @@ class Registry:
         self._emit("changed", entry)
         return entry
 
-    def add_remote(self, model_id: str, remote: dict[str, Any], *, capabilities: list[str],
+    def add_remote(self, model_id: str, remote: dict[str, Any], *, capabilities: builtins.list[str],
                    context_length: int | None = None, display_name: str | None = None) -> ModelEntry:
         """Register a model served by another OpenAI-compatible server; routed like a local one."""
         if not _ALIAS_RE.match(model_id) or model_id in RESERVED_NAMES:
@@ -305,14 +291,6 @@ class Registry:
         entry.use_count += 1
         entry.last_used = time.time() if when is None else when
         self._store.record_use(model_id, entry.use_count, entry.last_used)
-
-    def set_health(self, model_id: str, health: Health, reason: str | None = None) -> None:
-        entry = self._entries.get(model_id)
-        if entry is None or (entry.health is health and entry.health_reason == reason):
-            return
-        entry.health = health
-        entry.health_reason = reason
-        self._emit("health", entry)
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)

@@ -11,32 +11,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.core.storage.store import Store
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS decisions (
-    seq INTEGER PRIMARY KEY,
-    time REAL NOT NULL,
-    request_id TEXT NOT NULL,
-    endpoint TEXT NOT NULL,
-    model_id TEXT NOT NULL,
-    strategy TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    total_score REAL,
-    candidates TEXT NOT NULL,
-    retried INTEGER NOT NULL,
-    status INTEGER,
-    prompt_tokens INTEGER,
-    completion_tokens INTEGER,
-    cached_tokens INTEGER,
-    ttft_ms REAL,
-    duration_ms REAL,
-    error TEXT,
-    completed REAL
-);
-"""
+if TYPE_CHECKING:
+    from app.core.routing.request import Finished
 
 _COLUMNS = (
     "seq", "time", "request_id", "endpoint", "model_id", "strategy", "reason", "total_score", "candidates",
@@ -57,7 +37,6 @@ class DecisionLog:
         self._lock = threading.Lock()
         self._rows: OrderedDict[int, dict[str, Any]] = OrderedDict()  # seq -> row, oldest first
         self._latest: dict[str, int] = {}  # request id -> seq of its newest decision (a retry appends another)
-        store.executescript(_SCHEMA)
         rows = store.query(
             f"SELECT {', '.join(_COLUMNS)} FROM decisions ORDER BY seq DESC LIMIT ?", (capacity,)
         )
@@ -113,6 +92,13 @@ class DecisionLog:
             )  # fmt: skip
         if prune:
             self._store.defer("DELETE FROM decisions WHERE seq <= ?", (seq - self.capacity,))
+
+    def on_finished(self, finished: Finished) -> None:
+        o = finished.outcome
+        self.complete(finished.request.request_id, status=finished.status, prompt_tokens=o.prompt_tokens,
+                      completion_tokens=o.completion_tokens, cached_tokens=o.cached_tokens,
+                      ttft_ms=None if o.ttft_s is None else o.ttft_s * 1000, duration_ms=o.duration_s * 1000,
+                      error=o.error)
 
     def complete(
         self,

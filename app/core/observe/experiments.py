@@ -7,56 +7,30 @@ and are read back only by `results`, so memory stays small however long an exper
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 import uuid
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from app.core.storage.store import Store
-from app.core.routing.strategies.ab_split import Arm, parse_arms
-from app.core.routing.strategies.base import Outcome
 from app.core.errors import InvalidValue
+from app.core.observe.significance import compare, mean, percentile
+from app.core.routing.strategies.base import Outcome
+from app.core.routing.strategies.params import Arm, parse_arms
+from app.core.storage.store import Store
+
+if TYPE_CHECKING:
+    from app.core.routing.request import Finished
 
 # metric -> True when higher is better
 METRICS: dict[str, bool] = {"ttft_ms": False, "tokens_per_s": True, "error_rate": False, "feedback": True}
 FEEDBACK_RANGE = (-1.0, 1.0)  # -1 thumbs down .. +1 thumbs up; anything between is allowed
-MIN_SAMPLES = 10  # per arm, before a confidence interval means anything
-RESAMPLES = 2000
 MAX_SAMPLES = 50_000  # per experiment: older samples are dropped
 _PRUNE_EVERY = 1000  # inserts per experiment between prunes
-_BOOTSTRAP_CELLS = 2_000_000  # resampled values per chunk, to bound memory on big experiments
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS experiments (
-    id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    arms TEXT NOT NULL,
-    metric TEXT NOT NULL,
-    created REAL NOT NULL,
-    active INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS experiment_samples (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    experiment_id TEXT NOT NULL,
-    arm TEXT NOT NULL,
-    request_id TEXT NOT NULL,
-    time REAL NOT NULL,
-    ok INTEGER NOT NULL,
-    ttft_s REAL,
-    tokens_per_s REAL,
-    prompt_tokens INTEGER NOT NULL,
-    completion_tokens INTEGER NOT NULL,
-    feedback REAL
-);
-CREATE INDEX IF NOT EXISTS experiment_samples_by_experiment ON experiment_samples (experiment_id, seq);
-CREATE INDEX IF NOT EXISTS experiment_samples_by_request ON experiment_samples (request_id);
-"""
 
 
 @dataclass(slots=True)
@@ -102,15 +76,6 @@ class _ArmSamples:
         return getattr(self, metric)
 
 
-def _mean(values: np.ndarray) -> float | None:
-    return float(values.mean()) if values.size else None
-
-
-def _percentile(values: np.ndarray, q: float) -> float | None:
-    # numpy's default (linear interpolation between closest ranks).
-    return float(np.percentile(values, q)) if values.size else None
-
-
 class Experiments:
     def __init__(
         self,
@@ -126,7 +91,6 @@ class Experiments:
         self._max_samples = max_samples
         self._lock = threading.Lock()
         self._inserts: dict[str, int] = {}  # inserts since the last prune, per experiment
-        store.executescript(_SCHEMA)
         self._experiments: dict[str, Experiment] = {}
         for eid, name, arms, metric, created, active in store.query(
             "SELECT id, name, arms, metric, created, active FROM experiments ORDER BY created, id"
@@ -220,6 +184,13 @@ class Experiments:
             self._prune(experiment_id)
         return True
 
+    def on_finished(self, finished: Finished) -> None:
+        """A sample for the experiment (and arm) that routed the request, if it still exists."""
+        detail = finished.decision.detail
+        experiment = detail.get("experiment_id")
+        if experiment and self.get(experiment) is not None:
+            self.record(experiment, detail["arm"], finished.request.request_id, finished.outcome)
+
     def feedback(self, request_id: str, score: float) -> bool:
         """Attach a user score in FEEDBACK_RANGE (-1..1) to the request's sample; False if no sample has it."""
         low, high = FEEDBACK_RANGE
@@ -249,20 +220,22 @@ class Experiments:
                     "requests": requests,
                     "errors": errors,
                     "error_rate": errors / requests if requests else None,
-                    "ttft_p50_ms": _percentile(s.ttft_ms, 50),
-                    "ttft_p95_ms": _percentile(s.ttft_ms, 95),
-                    "tokens_per_s": _mean(s.tokens_per_s),
+                    "ttft_p50_ms": percentile(s.ttft_ms, 50),
+                    "ttft_p95_ms": percentile(s.ttft_ms, 95),
+                    "tokens_per_s": mean(s.tokens_per_s),
                     "prompt_tokens": s.prompt_tokens,
                     "completion_tokens": s.completion_tokens,
-                    "feedback_mean": _mean(s.feedback),
+                    "feedback_mean": mean(s.feedback),
                     "feedback_count": int(s.feedback.size),
                 }
             )
         # Seeded from the id when no seed is given, so the same data gives the same interval on every call.
         rng = np.random.default_rng(self._seed if self._seed is not None else zlib.crc32(experiment_id.encode()))
         baseline = experiment.arms[0].name
+        metric = experiment.metric
         significance = [
-            self._compare(experiment.metric, baseline, samples[baseline], arm.name, samples[arm.name], rng)
+            compare(metric, METRICS[metric], baseline, samples[baseline].metric(metric), arm.name,
+                    samples[arm.name].metric(metric), rng)
             for arm in experiment.arms[1:]
         ]
         return {
@@ -272,43 +245,6 @@ class Experiments:
             "arms": arms,
             "significance": significance,
         }
-
-    @staticmethod
-    def _compare(
-        metric: str, baseline: str, base: _ArmSamples, name: str, arm: _ArmSamples, rng: np.random.Generator
-    ) -> dict[str, Any]:
-        x, y = base.metric(metric), arm.metric(metric)
-        result: dict[str, Any] = {
-            "arm": name,
-            "baseline": baseline,
-            "metric": metric,
-            "n": int(y.size),
-            "baseline_n": int(x.size),
-            "mean": _mean(y),
-            "baseline_mean": _mean(x),
-            "difference": float(y.mean() - x.mean()) if x.size and y.size else None,
-            "ci95": None,
-            "significant": False,
-            "better": None,  # True/False only when significant: otherwise the data cannot say
-        }
-        if min(x.size, y.size) < MIN_SAMPLES:
-            result["method"] = (
-                f"too few samples for a confidence interval: need {MIN_SAMPLES} per arm, "
-                f"have {x.size} ({baseline}) and {y.size} ({name})"
-            )
-            return result
-        low, high = _bootstrap_ci(x, y, rng)
-        significant = low > 0 or high < 0
-        result.update(
-            ci95=[low, high],
-            significant=significant,
-            better=((result["difference"] > 0) == METRICS[metric]) if significant else None,
-            method=(
-                f"difference of {'rates' if metric == 'error_rate' else 'means'} ({name} - {baseline}), "
-                f"95% percentile bootstrap CI over {RESAMPLES} resamples; significant when the CI excludes 0"
-            ),
-        )
-        return result
 
     # --- internals ---
 
@@ -365,21 +301,3 @@ class Experiments:
                 completion_tokens=sum(r[5] for r in arm_rows),
             )
         return out
-
-
-def _bootstrap_means(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """RESAMPLES means of `values` resampled with replacement, in chunks so memory stays bounded."""
-    n = values.size
-    chunk = max(1, _BOOTSTRAP_CELLS // n)
-    means = np.empty(RESAMPLES)
-    for start in range(0, RESAMPLES, chunk):
-        stop = min(RESAMPLES, start + chunk)
-        means[start:stop] = values[rng.integers(0, n, size=(stop - start, n))].mean(axis=1)
-    return means
-
-
-def _bootstrap_ci(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[float, float]:
-    """95% percentile bootstrap interval of mean(y) - mean(x), each arm resampled on its own."""
-    diffs = _bootstrap_means(y, rng) - _bootstrap_means(x, rng)
-    low, high = np.percentile(diffs, [2.5, 97.5])
-    return float(low), float(high)

@@ -11,25 +11,30 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
-from app.core.catalog.registry import Health
+from app.core.routing.health import Health
+
+if TYPE_CHECKING:
+    from app.core.routing.request import Finished
 
 log = logging.getLogger(__name__)
 
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 60.0)
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
-HEALTH_STATES = tuple(h.value for h in Health)
+# Every health, and "loading": a worker state, shown in the health gauge while a model's workers start.
+HEALTH_STATES = (*(h.value for h in Health), "loading")
 
 
 @dataclass(frozen=True, slots=True)
 class ModelSnapshot:
     model_id: str
-    health: str  # a Health value
+    health: str  # a Health value, or "loading"
     loaded: bool
     memory_bytes: int
     quota_remaining: float  # 0..1; 1.0 without a quota
@@ -98,6 +103,12 @@ class Metrics:
                              "the worker's prompt cache", ["model", "result"], registry=r)
         if snapshot is not None:
             r.register(_ModelCollector(snapshot))
+
+    def on_finished(self, finished: Finished) -> None:
+        o = finished.outcome
+        self.observe_request(finished.decision.model_id, finished.request.endpoint, finished.status,
+                             prompt_tokens=o.prompt_tokens, completion_tokens=o.completion_tokens,
+                             cached_tokens=o.cached_tokens, ttft_s=o.ttft_s, duration_s=o.duration_s)
 
     def observe_request(self, model: str, endpoint: str, status: str | int, *, prompt_tokens: int = 0,
                         completion_tokens: int = 0, cached_tokens: int | None = None, ttft_s: float | None = None,

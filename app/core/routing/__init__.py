@@ -1,1 +1,2 @@
-"""Where a request goes: what it needs, which models may take it (health, quota, capabilities), and the strategy that picks one."""
+"""Where a request goes: what it needs, which models may take it (health, quota, capabilities), and the strategy
+that picks one."""

@@ -1,27 +1,34 @@
-"""Health of each model: a circuit breaker per model, and an async checker that probes them.
+"""Health of each model, owned here alone: a circuit breaker per model, and the health each model shows and why.
 
-The breaker and the book are pure: every method takes `now` (monotonic seconds), so the router, the checker and
-the tests decide what time it is. Only `HealthChecker` touches asyncio and a clock.
+The breaker and the book are pure: every method takes `now` (monotonic seconds) where time matters, so the router,
+the checker (health_checker.py, the one part that touches asyncio and a clock) and the tests decide what time it is.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
+from typing import TYPE_CHECKING
 
-from app.core.catalog.registry import Health
+from app.core.runtime.local.handle import WorkerState
+
+if TYPE_CHECKING:
+    from app.core.routing.request import Finished
 
 log = logging.getLogger(__name__)
 
-ProbeResult = tuple[bool, float, str | None]  # ok, latency in seconds, failure reason
-Probe = Callable[[], Awaitable[ProbeResult]]
-ChangeListener = Callable[[str, Health, str | None], None]
+
+class Health(str, Enum):
+    UNKNOWN = "unknown"
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    UNHEALTHY = "unhealthy"
+
+
+ChangeListener = Callable[[str, Health, str | None], None]  # model id, health, why
 
 
 @dataclass(slots=True)
@@ -193,18 +200,89 @@ class CircuitBreaker:
         return None
 
 
+_NOTHING_KNOWN: tuple[Health, str | None] = (Health.UNKNOWN, None)
+_GONE = frozenset({WorkerState.STOPPED, WorkerState.FAILED})
+
+
 class HealthBook:
-    """One breaker per model id, created on first use. Models never seen are UNKNOWN and allowed."""
+    """Every model's health: its circuit breaker (what routing gates on) and the health it shows, with why (what
+    the API, the window and /metrics read). What a model shows follows these rules, and nothing else writes it:
+
+    - its worker became ready: healthy; a worker failed (a load that failed, a crash): unhealthy, with the reason;
+      the last of its workers stopped as asked: unknown;
+    - a request's result: the breaker's health, except that one failure while the breaker is still healthy never
+      hides a worse fact (a crashed worker stays unhealthy until something succeeds);
+    - the HealthChecker's changes, as they come (`show`).
+
+    Listeners hear (model_id, health, reason) whenever what a model shows changes. Breakers are made on first use;
+    a model never seen is unknown and allowed.
+    """
 
     def __init__(self, config: BreakerConfig | None = None) -> None:
         self.config = config or BreakerConfig()
         self._breakers: dict[str, CircuitBreaker] = {}
+        self._shown: dict[str, tuple[Health, str | None]] = {}
+        # Per model, the replicas whose workers are starting, ready or stopping: "the last one stopped" needs them.
+        self._workers: dict[str, dict[int, WorkerState]] = {}
+        self._listeners: list[ChangeListener] = []
+
+    # -- what a model shows ----------------------------------------------------------------
+    def shown(self, model_id: str) -> tuple[Health, str | None]:
+        return self._shown.get(model_id, _NOTHING_KNOWN)
+
+    def show(self, model_id: str, health: Health, reason: str | None = None) -> None:
+        """Show `health` and why; listeners hear of it when that differs from what the model showed."""
+        if self.shown(model_id) == (health, reason):
+            return
+        self._shown[model_id] = (health, reason)
+        for listener in list(self._listeners):
+            listener(model_id, health, reason)
+
+    def worker_changed(self, model_id: str, replica: int, state: WorkerState, reason: str | None = None) -> None:
+        """A worker of the model entered `state` (the pool reports every step); `reason` says why one failed."""
+        live = self._workers.setdefault(model_id, {})
+        if state in _GONE:
+            live.pop(replica, None)
+        else:
+            live[replica] = state
+        if not live:
+            del self._workers[model_id]
+        if state is WorkerState.READY:
+            self.show(model_id, Health.HEALTHY)
+        elif state is WorkerState.FAILED:
+            self.show(model_id, Health.UNHEALTHY, reason)
+        elif state is WorkerState.STOPPED and not live:
+            self.show(model_id, Health.UNKNOWN)
+
+    def record_request(self, model_id: str, ok: bool, now: float, *, latency_s: float | None = None,
+                       reason: str | None = None) -> Health:
+        """A request's result: into the breaker, then shown by the rules above. Returns the breaker's health,
+        which is never unknown once it has a result, so unknown never overwrites what a model shows."""
+        health = self.record(model_id, ok, now, latency_s=latency_s, reason=reason)
+        if ok or health is not Health.HEALTHY:
+            self.show(model_id, health, self.reason(model_id))
+        return health
+
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        """Hear every change of what a model shows; returns the unsubscriber."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    # -- the breakers ----------------------------------------------------------------------
 
     def breaker(self, model_id: str) -> CircuitBreaker:
         breaker = self._breakers.get(model_id)
         if breaker is None:
             breaker = self._breakers[model_id] = CircuitBreaker(self.config)
         return breaker
+
+    def on_finished(self, finished: Finished) -> None:
+        """A request's result counts when it says something about the model: a success, or a failure with a
+        reason (a client that went away says nothing)."""
+        outcome = finished.outcome
+        if outcome.ok or outcome.error is not None:
+            self.record_request(finished.decision.model_id, outcome.ok, finished.ended_at,
+                                latency_s=outcome.ttft_s, reason=outcome.error)
 
     def record(self, model_id: str, ok: bool, now: float, *, latency_s: float | None = None,
                reason: str | None = None) -> Health:
@@ -236,87 +314,10 @@ class HealthBook:
         return 0.0 if breaker is None else breaker.retry_in(now)
 
     def forget(self, model_id: str) -> None:
+        """Drop all the book knows of the model (it left the catalog); listeners are not told."""
         self._breakers.pop(model_id, None)
+        self._shown.pop(model_id, None)
+        self._workers.pop(model_id, None)
 
     def models(self) -> list[str]:
         return list(self._breakers)
-
-
-class HealthChecker:
-    """Probes every model on an interval and feeds the results to a HealthBook.
-
-    `probes()` is asked each round, so the set of probed models follows whatever the caller serves (e.g. the
-    loaded workers). A probe returns (ok, latency_s, reason); one that raises or outlasts `timeout_s` counts as a
-    failure with the exception's text. The latency counts as a TTFT sample, so a probe should be a tiny
-    generation if `degraded_ttft_s` is set. Models whose breaker is open are probed only when `allow` says so.
-    `on_change(model_id, health, explanation)` is called whenever a model's health differs from the last seen.
-    """
-
-    def __init__(self, book: HealthBook, probes: Callable[[], Mapping[str, Probe]], *, interval_s: float = 15.0,
-                 on_change: ChangeListener, clock: Callable[[], float] = time.monotonic,
-                 timeout_s: float = 10.0) -> None:
-        self.book = book
-        self._probes = probes
-        self.interval_s = interval_s
-        self.timeout_s = timeout_s
-        self._on_change = on_change
-        self._clock = clock
-        self._last: dict[str, Health] = {}
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="health-checker")
-
-    async def stop(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    @property
-    def running(self) -> bool:
-        return self._task is not None and not self._task.done()
-
-    async def check_once(self) -> dict[str, Health]:
-        """Probe every model the breaker allows, concurrently; returns the health of every model asked about."""
-        probes = dict(self._probes())
-        now = self._clock()
-        due = {model_id: probe for model_id, probe in probes.items() if self.book.allow(model_id, now)}
-        results = await asyncio.gather(*(self._probe(probe) for probe in due.values()))
-        now = self._clock()
-        for model_id, (ok, latency, reason) in zip(due, results):
-            self.book.record(model_id, ok, now, latency_s=latency if ok else None, reason=reason)
-        for gone in self._last.keys() - probes.keys():
-            del self._last[gone]
-        # Every model is compared, probed or not: an open breaker or an aging window changes health too.
-        current = {model_id: self.book.health(model_id, now) for model_id in probes}
-        for model_id, health in current.items():
-            if self._last.get(model_id, Health.UNKNOWN) is not health:
-                self._last[model_id] = health
-                self._notify(model_id, health, self.book.explain(model_id, now))
-        return current
-
-    async def _probe(self, probe: Probe) -> ProbeResult:
-        try:
-            ok, latency, reason = await asyncio.wait_for(probe(), self.timeout_s)
-        except asyncio.TimeoutError:
-            return False, self.timeout_s, f"health probe timed out after {self.timeout_s:g} s"
-        except Exception as exc:  # noqa: BLE001 - any probe error is a failed check, never a dead checker
-            return False, 0.0, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        return bool(ok), float(latency), None if ok else (reason or "health probe failed")
-
-    def _notify(self, model_id: str, health: Health, reason: str | None) -> None:
-        try:
-            self._on_change(model_id, health, reason)
-        except Exception:  # a listener's bug must not stop health checks
-            log.exception("health change listener failed for %s", model_id)
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.check_once()
-            except Exception:  # e.g. probes() itself failed; try again next round
-                log.exception("health check round failed")
-            await asyncio.sleep(self.interval_s)

@@ -13,27 +13,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.core.storage.store import Store
 from app.core.errors import InvalidValue
+from app.core.storage.store import Store
+
+if TYPE_CHECKING:
+    from app.core.routing.request import Finished
 
 BUCKETS = 60  # buckets per window: per minute for an hour
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS quota_limits (
-    scope TEXT PRIMARY KEY,
-    tokens_per_hour INTEGER,
-    requests_per_hour INTEGER
-);
-CREATE TABLE IF NOT EXISTS quota_usage (
-    scope TEXT NOT NULL,
-    start REAL NOT NULL,
-    requests INTEGER NOT NULL,
-    tokens INTEGER NOT NULL,
-    PRIMARY KEY (scope, start)
-);
-"""
 
 _UPSERT = (
     "INSERT INTO quota_usage (scope, start, requests, tokens) VALUES (?, ?, ?, ?) "
@@ -121,7 +109,6 @@ class QuotaManager:
         self._usage: dict[str, _Usage] = {}
         self._limits: dict[str, Limits] = {}
         self._pruned_below: float = -math.inf  # the oldest live bucket index when SQLite was last pruned
-        store.executescript(_SCHEMA)
         rows = store.query("SELECT scope, tokens_per_hour, requests_per_hour FROM quota_limits")
         for scope, tokens, requests in rows:
             self._limits[scope] = Limits(tokens, requests)
@@ -150,6 +137,11 @@ class QuotaManager:
         return self._limits.get(scope, Limits())
 
     # --- the request path ---
+
+    def on_finished(self, finished: Finished) -> None:
+        outcome = finished.outcome
+        self.record(finished.decision.model_id, finished.request.api_key_id,
+                    outcome.prompt_tokens + outcome.completion_tokens)
 
     def record(self, model_id: str, api_key_id: str | None, tokens: int) -> None:
         """Count one request and its tokens against the model's scope and, when given, the key's."""

@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from app.core.catalog import capabilities as caps
-from app.core.routing import strategies
+from app.core.catalog.registry import ModelEntry, Registry
 from app.core.errors import (
     CapabilityMissing,
     InsufficientMemory,
@@ -22,87 +20,19 @@ from app.core.errors import (
     QuotaExceeded,
     SwitchboardError,
 )
-from app.core.routing.health import HealthBook
-from app.core.runtime.pool import ModelPool, worker_key
-from app.core.routing.needs import QueryNeeds
-from app.core.routing.quota import QuotaManager
-from app.core.catalog.registry import Health, ModelEntry, Registry
-from app.core.storage.store import Store
-from app.core.routing.strategies.base import Outcome, RouteContext, Strategy, Target
+from app.core.routing import strategies
+from app.core.routing.health import Health, HealthBook
 from app.core.routing.latency_stats import TargetStats
+from app.core.routing.quota import QuotaManager
+from app.core.routing.request import AUTO, Candidate, RouteRequest, RoutingDecision
+from app.core.routing.strategies.base import Outcome, RouteContext, Strategy, Target
+from app.core.runtime.pool import ModelPool, worker_key
+from app.core.storage.store import Store
 
-AUTO = "auto"
+if TYPE_CHECKING:
+    from app.core.routing.request import Finished
+
 DEFAULT_STRATEGY = "least_loaded"
-ENDPOINT_CAPABILITY = {"chat": caps.CHAT, "completion": caps.COMPLETION, "embeddings": caps.EMBEDDINGS}
-
-
-@dataclass(frozen=True, slots=True)
-class RouteRequest:
-    endpoint: str  # "chat" | "completion" | "embeddings"
-    model: str | None = None
-    capabilities: tuple[str, ...] = ()  # explicit, from the request's `capabilities` field
-    needs: QueryNeeds | None = None  # what the query translator inferred (None: nothing inferred)
-    session_key: str | None = None
-    user: str | None = None
-    api_key_id: str | None = None
-    request_id: str = ""
-
-    @property
-    def hard(self) -> frozenset[str]:
-        inferred = self.needs.hard if self.needs else frozenset()
-        return inferred | {c.lower() for c in self.capabilities} | {ENDPOINT_CAPABILITY[self.endpoint]}
-
-    @property
-    def soft(self) -> frozenset[str]:
-        return self.needs.soft if self.needs else frozenset()
-
-    @property
-    def min_context(self) -> int:
-        return self.needs.min_context if self.needs else 0
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    model_id: str
-    score: float
-    filtered: bool
-    reason: str
-    replica: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class RoutingDecision:
-    model_id: str
-    strategy: str
-    reason: str
-    total_score: float = 0.0
-    candidates: tuple[Candidate, ...] = ()
-    replica: int = 0
-    retried_from: str | None = None  # the model that failed before this one was tried
-    detail: Mapping[str, Any] = field(default_factory=dict)
-    target: Target | None = None
-    context: RouteContext | None = None
-
-    @property
-    def key(self) -> str:
-        return worker_key(self.model_id, self.replica)
-
-    def explain(self) -> dict[str, Any]:
-        """The dry-run shape of the management API."""
-        return {
-            "model_id": self.model_id,
-            "replica": self.replica,
-            "strategy": self.strategy,
-            "reason": self.reason,
-            "total_score": self.total_score,
-            "retried_from": self.retried_from,
-            "detail": dict(self.detail),
-            "candidates": [
-                {"model_id": c.model_id, "replica": c.replica, "score": c.score, "filtered": c.filtered,
-                 "reason": c.reason}
-                for c in self.candidates
-            ],
-        }
 
 
 class _Filtered(Exception):
@@ -177,7 +107,8 @@ class RequestRouter:
                 continue
             direct = candidate == entry.id
             why = "; ".join(f"{mid}: {reason}" for mid, reason in tried)
-            return self._select([fallback], request, now, reason_prefix=None if direct else f"fallback of {entry.id} ({why})",
+            prefix = None if direct else f"fallback of {entry.id} ({why})"
+            return self._select([fallback], request, now, reason_prefix=prefix,
                                 filtered=[Candidate(mid, 0.0, True, reason) for mid, reason in tried], direct=direct)
         if first_error is None:
             raise ModelUnavailable(f"The model '{entry.id}' cannot serve this request", param="model")
@@ -235,7 +166,7 @@ class RequestRouter:
 
     def _targets(self, entry: ModelEntry, request: RouteRequest) -> list[Target]:
         quota_left = self._quota.remaining_fraction(entry.id, request.api_key_id)
-        degraded = entry.health is Health.DEGRADED
+        degraded = self._health.shown(entry.id)[0] is Health.DEGRADED
         targets = []
         for replica in range(1 if entry.is_remote else entry.replicas):
             key = worker_key(entry.id, replica)
@@ -259,7 +190,7 @@ class RequestRouter:
             raise _Filtered("files missing",
                             ModelUnavailable(f"The files of model '{entry.id}' are missing: {entry.path}"))
         if not self._health.allow(entry.id, now, claim=False):
-            why = self._health.reason(entry.id) or entry.health_reason or "failing"
+            why = self._health.reason(entry.id) or self._health.shown(entry.id)[1] or "failing"
             raise _Filtered(f"unhealthy: {why}",
                             ModelUnavailable(f"The model '{entry.id}' is unhealthy ({why}); retry later"))
         lacking = sorted(request.hard - set(entry.capabilities))
@@ -283,14 +214,15 @@ class RequestRouter:
 
     def forget(self, key: str) -> None:
         """A worker ended: drop what the strategy believed it held (its prompt-cache prediction)."""
-        forget = getattr(self._strategy, "forget", None)
-        if forget is not None:
-            forget(key)
+        self._strategy.forget(key)
 
     # -- feedback from requests -------------------------------------------------------------------
     def started(self, decision: RoutingDecision) -> None:
         if decision.target is not None and decision.context is not None:
             self._strategy.on_start(decision.target, decision.context)
+
+    def on_finished(self, finished: Finished) -> None:
+        self.completed(finished.decision, finished.outcome)
 
     def completed(self, decision: RoutingDecision, outcome: Outcome) -> None:
         if outcome.ok and outcome.ttft_s is not None:

@@ -61,6 +61,7 @@ def place(meta: Mapping[str, Any], n_ctx: int, *, prompt_cache_bytes: int = 0, f
     if configured_layers == 0 or (configured_layers is None and (free_vram is None or layers <= 0)):
         return Placement(0, total, 0)
     if free_vram is None or layers <= 0:
+        assert configured_layers is not None  # unconfigured, the branch above returned
         # A GPU NVML cannot see (Metal, ROCm) or a model of unknown shape: llama.cpp gets the setting, and every
         # byte stays counted against RAM, since nothing says how much moved.
         return Placement(ALL_LAYERS if configured_layers < 0 else configured_layers, total, 0)

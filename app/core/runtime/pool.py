@@ -1,4 +1,8 @@
-"""The loaded-model pool: load on demand, stay within the memory budget, unload idle models."""
+"""The loaded-model pool: load on demand, stay within the memory budget, unload idle models.
+
+The pool writes no health: it tells `on_worker_state` every lifecycle step of its workers, and whoever owns health
+(the engine wires the health book) decides what that means.
+"""
 
 from __future__ import annotations
 
@@ -13,23 +17,23 @@ from typing import TYPE_CHECKING
 import psutil
 
 from app.core.catalog import capabilities as caps
+from app.core.catalog.registry import ModelEntry
+from app.core.config import Config
+from app.core.errors import InsufficientMemory, ModelUnavailable
+from app.core.paths import data_dir
 from app.core.runtime import gpu
+from app.core.runtime.local.handle import LoadSpec, WorkerHandle, WorkerState
 from app.core.runtime.placement import (
     ALL_LAYERS,
+    VRAM_HEADROOM,
     Placement,
     Resident,
-    VRAM_HEADROOM,
     choose_evictions,
     context_for,
     expired,
     place,
 )
-from app.core.config import Config
-from app.core.errors import InsufficientMemory, ModelUnavailable
-from app.core.paths import data_dir
-from app.core.catalog.registry import Health, ModelEntry, Registry
 from app.core.storage.store import Store
-from app.core.runtime.local.handle import LoadSpec, WorkerHandle
 
 if TYPE_CHECKING:
     from app.core.runtime.remote.handle import RemoteHandle
@@ -81,9 +85,12 @@ class LoadedModel:
     gpu_layers: int = 0  # llama.cpp's n_gpu_layers it was loaded with (-1: all)
 
 
+# (model_id, replica, state, reason): one step of a worker's lifecycle; the reason says why it failed.
+WorkerListener = Callable[[str, int, WorkerState, str | None], None]
+
+
 class ModelPool:
-    def __init__(self, registry: Registry, config: Config, store: Store) -> None:
-        self._registry = registry
+    def __init__(self, config: Config, store: Store) -> None:
         self._config = config
         self._store = store
         # Keyed by worker_key(model_id, replica); remote backends are handles without a process.
@@ -102,6 +109,7 @@ class ModelPool:
         self._vram: dict[str, int] = {}
         # Told the worker key whenever a worker process ends (its caches, and what routing knew of them, are gone).
         self.on_worker_gone: Callable[[str], None] | None = None
+        self.on_worker_state: WorkerListener | None = None
         self.budget = config.memory_budget_bytes or int(psutil.virtual_memory().total * config.memory_budget_fraction)
 
     # -- queries ---------------------------------------------------------------------------
@@ -117,6 +125,11 @@ class ModelPool:
                               mid in self._pinned, 0.0)
                   for key, (mid, replica) in ((k, _split_key(k)) for k in self._loading)]
         return views
+
+    def is_loading(self, model_id: str) -> bool:
+        """Whether a worker of the model is starting and none of them runs yet."""
+        return (any(_split_key(key)[0] == model_id for key in self._loading)
+                and not any(w.model_id == model_id for w in self._workers.values()))
 
     def worker(self, model_id: str, replica: int = 0) -> Handle | None:
         return self._workers.get(worker_key(model_id, replica))
@@ -199,7 +212,7 @@ class ModelPool:
         if task is None:
             task = asyncio.create_task(self._load(entry, replica), name=f"load-{key}")
             self._loading[key] = task
-            task.add_done_callback(lambda _t, k=key: self._loading.pop(k, None))
+            task.add_done_callback(lambda _task: self._loading.pop(key, None))
         # shield: one impatient client must not cancel a load others wait for.
         return await asyncio.shield(task)
 
@@ -220,7 +233,6 @@ class ModelPool:
                 await self._stop(victim)
             self._estimates[key] = need
             self._placements[key] = placed
-        self._registry.set_health(entry.id, Health.LOADING)
         spec = LoadSpec(
             model_path=entry.path,
             n_ctx=context_for(entry.metadata, self._config.n_ctx),
@@ -232,20 +244,15 @@ class ModelPool:
         log_dir = data_dir() / "logs"
         log_dir.mkdir(exist_ok=True)
         handle = WorkerHandle(entry.id, spec, replica=replica, log_path=log_dir / f"{_safe(key)}.log")
-        handle.on_exit = self._on_worker_exit
+        handle.on_state = self._worker_state
         try:
             await handle.start(self._config.load_timeout_s)
-        except ModelUnavailable as exc:
-            self._release(key)
-            self._registry.set_health(entry.id, Health.UNHEALTHY, exc.message)
-            raise
-        except BaseException:
+        except BaseException:  # a failed load (the handle is failed already) or one abandoned (it stops now)
             self._release(key)
             await handle.stop()
             raise
         self._workers[key] = handle
         self._share_threads()
-        self._registry.set_health(entry.id, Health.HEALTHY)
         return handle
 
     async def _make_room_on_gpu(self, entry: ModelEntry, key: str) -> Placement:
@@ -289,20 +296,19 @@ class ModelPool:
         for handle in local:
             handle.threads = share
 
-    def _on_worker_exit(self, handle: WorkerHandle, expected: bool) -> None:
-        key = worker_key(handle.model_id, handle.replica)
-        if self.on_worker_gone is not None:
-            self.on_worker_gone(key)
-        if self._workers.get(key) is handle:
-            del self._workers[key]
-            self._release(key)
-        if not expected:
-            self._registry.set_health(handle.model_id, Health.UNHEALTHY, handle.dead_reason)
-        elif not self._has_workers(handle.model_id):
-            self._registry.set_health(handle.model_id, Health.UNKNOWN)
-
-    def _has_workers(self, model_id: str) -> bool:
-        return any(_split_key(k)[0] == model_id for k in (*self._workers, *self._loading))
+    def _worker_state(self, handle: WorkerHandle) -> None:
+        """Every step of every local worker's lifecycle: forget a worker whose process is gone, then pass it on."""
+        state = handle.state
+        if state in (WorkerState.STOPPED, WorkerState.FAILED):
+            key = worker_key(handle.model_id, handle.replica)
+            if self.on_worker_gone is not None:
+                self.on_worker_gone(key)
+            if self._workers.get(key) is handle:
+                del self._workers[key]
+                self._release(key)
+        if self.on_worker_state is not None:
+            reason = handle.dead_reason if state is WorkerState.FAILED else None
+            self.on_worker_state(handle.model_id, handle.replica, state, reason)
 
     async def unload(self, model_id: str) -> bool:
         """Stop every replica of a model. All their memory returns to the system."""

@@ -1,4 +1,4 @@
-"""SQLite persistence for what must survive restarts: user edits, usage and settings."""
+"""SQLite persistence for what must survive restarts: user edits, usage and settings (tables: migrations.py)."""
 
 from __future__ import annotations
 
@@ -9,24 +9,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS models (
-    id TEXT PRIMARY KEY,
-    discovered TEXT NOT NULL,
-    enabled INTEGER NOT NULL DEFAULT 1,
-    aliases TEXT NOT NULL DEFAULT '[]',
-    capabilities TEXT,
-    use_count INTEGER NOT NULL DEFAULT 0,
-    last_used REAL,
-    missing INTEGER NOT NULL DEFAULT 0,
-    options TEXT NOT NULL DEFAULT '{}'
-);
-CREATE TABLE IF NOT EXISTS settings (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-"""
-
+from app.core.storage import migrations
 
 # Deferred writes reach the database within this many seconds (or at the next read, or at close).
 FLUSH_INTERVAL_S = 0.2
@@ -47,16 +30,9 @@ class Store:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
-        self._migrate()
+        migrations.migrate(self._db)
         self._flusher = threading.Thread(target=self._flush_forever, name="store-flush", daemon=True)
         self._flusher.start()
-
-    def _migrate(self) -> None:
-        """Bring a database written by an older version up to this schema (columns are only ever added)."""
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(models)")}
-        if "options" not in columns:
-            self._db.execute("ALTER TABLE models ADD COLUMN options TEXT NOT NULL DEFAULT '{}'")
 
     def defer(self, sql: str, params: Sequence[Any] = ()) -> None:
         """Queue a write for the background flush; statements keep their order."""
@@ -103,10 +79,6 @@ class Store:
                 raise
             self._db.execute("COMMIT")
 
-    def executescript(self, script: str) -> None:
-        with self._lock:
-            self._db.executescript(script)
-
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         self.flush()  # read your own deferred writes
         with self._lock:
@@ -122,7 +94,8 @@ class Store:
         self.flush()
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, discovered, enabled, aliases, capabilities, use_count, last_used, missing, options FROM models"
+                "SELECT id, discovered, enabled, aliases, capabilities, use_count, last_used, missing, options "
+                "FROM models"
             ).fetchall()
         for row in rows:
             yield {

@@ -1,6 +1,7 @@
 """Routing strategies: one module per policy behind the small `Strategy` interface in base.py, and a factory.
 
     build("cache_aware", {"cache_threshold": 0.6})  ->  a CacheAware instance
+    param_fields("least_loaded")  ->  [ParamField(name="memory_weight", kind="number", ...)], for a form
 """
 
 from __future__ import annotations
@@ -8,16 +9,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from app.core.errors import InvalidValue
 from app.core.routing.strategies.ab_split import ABTest, assign_arm
 from app.core.routing.strategies.affinity import Affinity
 from app.core.routing.strategies.base import Outcome, RouteContext, Selection, Strategy, Target
 from app.core.routing.strategies.cache_aware import CacheAware
 from app.core.routing.strategies.latency_based import LatencyBased
 from app.core.routing.strategies.least_loaded import LeastLoaded
+from app.core.routing.strategies.params import ParamField, fields
 from app.core.routing.strategies.quota_aware import QuotaAware
 from app.core.routing.strategies.round_robin import RoundRobin
 from app.core.routing.strategies.weighted_random import WeightedRandom
-from app.core.errors import InvalidValue
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
@@ -30,14 +32,24 @@ def names() -> list[str]:
 
 
 def build(name: str, params: Mapping[str, Any] | None = None) -> Strategy:
-    """A new strategy by name from user parameters; ValueError for an unknown name or bad parameters."""
+    """A new strategy by name from user parameters; InvalidValue for an unknown name or bad parameters."""
+    return _strategy(name).from_params(params)
+
+
+def param_fields(name: str) -> list[ParamField]:
+    """The strategy's parameters (name, kind, title, description, default, bounds), in declaration order."""
+    return fields(_strategy(name).Params)
+
+
+def _strategy(name: str) -> type[Strategy]:
     cls = STRATEGIES.get(name) if isinstance(name, str) else None
     if cls is None:
         raise InvalidValue(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
-    return cls.from_params(params or {})
+    return cls
 
 
 __all__ = [
-    "STRATEGIES", "ABTest", "Affinity", "CacheAware", "LatencyBased", "LeastLoaded", "Outcome", "QuotaAware",
-    "RouteContext", "RoundRobin", "Selection", "Strategy", "Target", "WeightedRandom", "assign_arm", "build", "names",
+    "STRATEGIES", "ABTest", "Affinity", "CacheAware", "LatencyBased", "LeastLoaded", "Outcome", "ParamField",
+    "QuotaAware", "RouteContext", "RoundRobin", "Selection", "Strategy", "Target", "WeightedRandom", "assign_arm",
+    "build", "names", "param_fields",
 ]

@@ -9,16 +9,14 @@ A request with no key at all gets a random bucket from the (seeded) random.Rando
 from __future__ import annotations
 
 import hashlib
-import math
 import random
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Protocol, TypeVar
 
 from app.core.routing.strategies.base import RouteContext, Selection, Strategy, Target
-from app.core.routing.strategies.common import check_params, favour, number, seed_param, text
+from app.core.routing.strategies.common import favour
 from app.core.routing.strategies.least_loaded import LeastLoaded
-from app.core.errors import InvalidValue
+from app.core.routing.strategies.params import ABTestParams, Arm
 
 BUCKETS = 10_000
 
@@ -33,13 +31,6 @@ class ArmLike(Protocol):
 
 
 A = TypeVar("A", bound=ArmLike)
-
-
-@dataclass(frozen=True, slots=True)
-class Arm:
-    name: str
-    model_id: str
-    percent: float
 
 
 def bucket(experiment_id: str, key: str) -> int:
@@ -63,99 +54,50 @@ def assign_arm(experiment_id: str, key: str, arms: Sequence[A]) -> A:
     return arm_for_bucket(bucket(experiment_id, key), arms)
 
 
-def parse_arms(arms: Any) -> tuple[Arm, ...]:
-    """Validated arms: at least 2, unique non-empty names, model ids, percents > 0 summing to 100 (±1e-6)."""
-    if isinstance(arms, (str, bytes)) or not isinstance(arms, Sequence):
-        raise InvalidValue("arms must be a list of {name, model_id, percent}")
-    if len(arms) < 2:
-        raise InvalidValue(f"arms: an experiment needs at least 2 (got {len(arms)})")
-    out: list[Arm] = []
-    for i, raw in enumerate(arms):
-        if isinstance(raw, Mapping):
-            extra = sorted(str(k) for k in raw if k not in ("name", "model_id", "percent"))
-            if extra:
-                raise InvalidValue(f"arms[{i}]: unknown field {', '.join(extra)}")
-            fields = (raw.get("name"), raw.get("model_id"), raw.get("percent"))
-        elif all(hasattr(raw, f) for f in ("name", "model_id", "percent")):
-            fields = (raw.name, raw.model_id, raw.percent)
-        else:
-            raise InvalidValue(f"arms[{i}] must be an object with name, model_id and percent")
-        name = text(f"arms[{i}].name", fields[0])
-        model_id = text(f"arms[{i}].model_id", fields[1])
-        percent = number(f"arms[{i}].percent", fields[2], minimum=0.0, min_exclusive=True)
-        if any(a.name == name for a in out):
-            raise InvalidValue(f"arms[{i}].name: {name!r} is used twice")
-        out.append(Arm(name, model_id, percent))
-    total = math.fsum(a.percent for a in out)
-    if abs(total - 100.0) > 1e-6:
-        raise InvalidValue(f"arms: percents must sum to 100 (got {total:g})")
-    return tuple(out)
-
-
 class ABTest(Strategy):
     name = "ab_test"
+    Params = ABTestParams
+    config: ABTestParams
 
-    def __init__(
-        self,
-        experiment_id: str,
-        arms: Sequence[Mapping[str, Any] | ArmLike],
-        seed: int | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
-        self.experiment_id = text("experiment_id", experiment_id)
-        self.arms = parse_arms(arms)
-        self.seed = seed_param(seed)
-        self._rng = rng if rng is not None else random.Random(self.seed)  # only for requests with no key
+    def __init__(self, config: ABTestParams, rng: random.Random | None = None) -> None:
+        super().__init__(config)
+        self._rng = rng if rng is not None else random.Random(config.seed)  # only for requests with no key
         self._ll = LeastLoaded()  # picks the replica within an arm's model, and the last-resort fallback
 
     def select(self, targets: Sequence[Target], ctx: RouteContext) -> Selection:
+        experiment_id, arms = self.config.experiment_id, self.config.arms
         key = ctx.session_key or ctx.user or ctx.request_id
-        b = bucket(self.experiment_id, key) if key else self._rng.randrange(BUCKETS)
-        assigned = arm_for_bucket(b, self.arms)
-        detail: dict[str, Any] = {"experiment_id": self.experiment_id, "arm": assigned.name}
+        b = bucket(experiment_id, key) if key else self._rng.randrange(BUCKETS)
+        assigned = arm_for_bucket(b, arms)
+        detail: dict[str, Any] = {"experiment_id": experiment_id, "arm": assigned.name}
         # The assignment is honoured even when the arm's replicas are degraded: moving such sessions to the
         # other arm would bias the experiment. Among the arm's replicas, healthy and less loaded ones come first.
         served: Arm = assigned
         members = [t for t in targets if t.model_id == assigned.model_id]
         if not members:
             present = {t.model_id for t in targets}
-            fallback = next((a for a in self.arms if a.model_id in present), None)
+            fallback = next((a for a in arms if a.model_id in present), None)
             if fallback is None:
                 scores = self._ll.scores(targets)
                 chosen, why = self._ll.choose(targets, scores)
                 detail["arm"] = None
                 detail["assigned_arm"] = assigned.name
-                reason = f"A/B {self.experiment_id}: no arm's model has a target; {why}"
+                reason = f"A/B {experiment_id}: no arm's model has a target; {why}"
                 return Selection(chosen.key, reason, scores, detail)
             served = fallback
             members = [t for t in targets if t.model_id == served.model_id]
         scores = self._ll.scores(targets)
         chosen, _ = self._ll.pick(members)
         if served is assigned:
-            reason = f"A/B {self.experiment_id}: arm {assigned.name} ({assigned.model_id})"
+            reason = f"A/B {experiment_id}: arm {assigned.name} ({assigned.model_id})"
         else:
             detail["arm"] = served.name
             detail["assigned_arm"] = assigned.name
             reason = (
-                f"A/B {self.experiment_id}: arm {assigned.name}'s model {assigned.model_id} has no target; "
+                f"A/B {experiment_id}: arm {assigned.name}'s model {assigned.model_id} has no target; "
                 f"using arm {served.name} ({served.model_id})"
             )
         return Selection(chosen.key, reason, favour(scores, [t.key for t in members]), detail)
 
     def on_start(self, target: Target, ctx: RouteContext) -> None:
         self._ll.on_start(target, ctx)
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "experiment_id": self.experiment_id,
-            "arms": [{"name": a.name, "model_id": a.model_id, "percent": a.percent} for a in self.arms],
-            "seed": self.seed,
-        }
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> ABTest:
-        params = check_params(cls.name, params, ("experiment_id", "arms", "seed"))
-        for required in ("experiment_id", "arms"):
-            if required not in params:
-                raise InvalidValue(f"{cls.name}: missing parameter {required}")
-        return cls(**params)

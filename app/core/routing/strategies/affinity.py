@@ -10,38 +10,31 @@ when a healthy one exists. A new session sticks to wherever it went.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from app.core.routing.strategies.base import RouteContext, Selection, Strategy, Target
-from app.core.routing.strategies.common import check_params, favour, integer, number, text
-from app.core.routing.strategies.least_loaded import DEFAULT_MEMORY_WEIGHT, LeastLoaded
-
-PIN_KINDS = ("session", "user", "api_key", "capability")  # in precedence order
+from app.core.routing.strategies.common import favour
+from app.core.routing.strategies.least_loaded import LeastLoaded
+from app.core.routing.strategies.params import PIN_KINDS, AffinityParams, LeastLoadedParams
 
 
 class Affinity(Strategy):
     name = "affinity"
+    Params = AffinityParams
+    config: AffinityParams
 
-    def __init__(
-        self,
-        ttl_s: float = 1800.0,
-        max_sessions: int = 100_000,
-        pins: Sequence[Mapping[str, Any]] = (),
-        memory_weight: float = DEFAULT_MEMORY_WEIGHT,
-    ) -> None:
-        self.ttl_s = number("ttl_s", ttl_s, minimum=0.0, min_exclusive=True)
-        self.max_sessions = integer("max_sessions", max_sessions, minimum=1)
-        self.pins = _parse_pins(pins)
-        self._ll = LeastLoaded(memory_weight)  # the fallback, and the choice among a pinned model's replicas
+    def __init__(self, config: AffinityParams | None = None) -> None:
+        super().__init__(config)
+        # The fallback, and the choice among a pinned model's replicas.
+        self._ll = LeastLoaded(LeastLoadedParams(memory_weight=self.config.memory_weight))
         # Exact-value pins by kind; capability pins stay a list (first match in the user's order wins).
         self._by_value: dict[str, dict[str, str]] = {k: {} for k in PIN_KINDS[:3]}
         self._capability: list[tuple[str, str]] = []
-        for p in self.pins:
-            if p["kind"] == "capability":
-                self._capability.append((p["value"], p["model_id"]))
+        for pin in self.config.pins:
+            if pin.kind == "capability":
+                self._capability.append((pin.value, pin.model_id))
             else:
-                self._by_value[p["kind"]][p["value"]] = p["model_id"]
+                self._by_value[pin.kind][pin.value] = pin.model_id
         # session key -> (target key, expires at); ordered by last use, so the front is the oldest.
         self._sessions: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
@@ -59,7 +52,7 @@ class Affinity(Strategy):
         ll = self._ll
         scores = ll.scores(targets)  # least loaded order, degraded penalised; the rule's choice gets a bonus
         skipped: list[str] = []
-        for kind, value, model_id in self._pins_for(ctx) if self.pins else ():
+        for kind, value, model_id in self._pins_for(ctx):
             members = [t for t in targets if t.model_id == model_id]
             if members:
                 chosen, _ = ll.pick(members)
@@ -86,49 +79,14 @@ class Affinity(Strategy):
         if not key:
             return
         sessions = self._sessions
-        sessions[key] = (target.key, ctx.now + self.ttl_s)  # a new session sticks; a known one is refreshed
+        sessions[key] = (target.key, ctx.now + self.config.ttl_s)  # a new session sticks; a known one is refreshed
         sessions.move_to_end(key)
         # Expired sessions are the oldest ones (one TTL for all), so they sit at the front.
         while sessions:
             oldest = next(iter(sessions.values()))
-            if oldest[1] > ctx.now and len(sessions) <= self.max_sessions:
+            if oldest[1] > ctx.now and len(sessions) <= self.config.max_sessions:
                 break
             sessions.popitem(last=False)
 
     def session_count(self) -> int:
         return len(self._sessions)
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "ttl_s": self.ttl_s,
-            "max_sessions": self.max_sessions,
-            "pins": [dict(p) for p in self.pins],
-            "memory_weight": self._ll.memory_weight,
-        }
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> Affinity:
-        return cls(**check_params(cls.name, params, ("ttl_s", "max_sessions", "pins", "memory_weight")))
-
-
-def _parse_pins(pins: Any) -> tuple[dict[str, str], ...]:
-    if isinstance(pins, (str, bytes, Mapping)) or not isinstance(pins, Sequence):
-        raise ValueError('pins must be a list of {"kind", "value", "model_id"}')
-    out: list[dict[str, str]] = []
-    seen: set[tuple[str, str]] = set()
-    for i, pin in enumerate(pins):
-        if not isinstance(pin, Mapping):
-            raise ValueError(f'pins[{i}] must be an object with "kind", "value" and "model_id"')
-        extra = sorted(str(k) for k in pin if k not in ("kind", "value", "model_id"))
-        if extra:
-            raise ValueError(f"pins[{i}]: unknown field {', '.join(extra)}")
-        kind = pin.get("kind")
-        if kind not in PIN_KINDS:
-            raise ValueError(f"pins[{i}].kind must be one of {', '.join(PIN_KINDS)} (got {kind!r})")
-        value = text(f"pins[{i}].value", pin.get("value"))
-        model_id = text(f"pins[{i}].model_id", pin.get("model_id"))
-        if (kind, value) in seen:
-            raise ValueError(f"pins[{i}]: {kind} {value!r} is pinned twice")
-        seen.add((kind, value))
-        out.append({"kind": kind, "value": value, "model_id": model_id})
-    return tuple(out)

@@ -3,14 +3,18 @@
 A strategy is pure: it looks only at the targets and the request context it is given (plus its own state,
 changed only through its hooks), never at the clock, the registry or a worker. The router computes every
 Target field from the pool, the stats and the quota manager before calling `select`.
+
+Each strategy's parameters are a pydantic model in params.py (`Params`); the strategy is built from a validated
+instance (`config`), and `params()` / `from_params()` derive from it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-from app.core.errors import InvalidValue
+from typing import Any, ClassVar, Self
+
+from app.core.routing.strategies.params import NoParams, StrategyParams
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +68,23 @@ class Outcome:
 
 
 class Strategy:
-    """Base class: subclasses set `name`, implement `select`, and may override the hooks."""
+    """Base class: subclasses set `name` and `Params`, implement `select`, and may override the hooks (each
+    does nothing by default, so the router calls them on every strategy)."""
 
     name: ClassVar[str]
+    Params: ClassVar[type[StrategyParams]] = NoParams
+
+    def __init__(self, config: StrategyParams | None = None) -> None:
+        self.config = config if config is not None else self.Params()
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any] | None) -> Self:
+        """Build from user parameters; InvalidValue (a ValueError) naming the bad parameter."""
+        return cls(cls.Params.parse(cls.name, params))
+
+    def params(self) -> dict[str, Any]:
+        """The current parameters, JSON-serialisable, such that `from_params(params())` rebuilds it."""
+        return self.config.dump()
 
     def select(self, targets: Sequence[Target], ctx: RouteContext) -> Selection:
         """Choose one of `targets` (never empty). Must not raise for any non-empty input."""
@@ -78,13 +96,5 @@ class Strategy:
     def on_complete(self, target: Target, ctx: RouteContext, outcome: Outcome) -> None:
         """The request finished (or failed)."""
 
-    def params(self) -> dict[str, Any]:
-        """The current parameters, JSON-serialisable, such that `from_params(params())` rebuilds it."""
-        return {}
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> Strategy:
-        """Build from user parameters; raise ValueError naming the bad parameter."""
-        if params:
-            raise InvalidValue(f"{cls.name} takes no parameters (got {', '.join(sorted(params))})")
-        return cls()
+    def forget(self, key: str) -> None:
+        """The target's worker ended: drop what is believed about it (e.g. what its prompt cache holds)."""

@@ -9,27 +9,19 @@ reuse `scores`, `choose` and `pick` for their fallbacks.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from app.core.routing.strategies.base import RouteContext, Selection, Strategy, Target
-from app.core.routing.strategies.common import (
-    DEGRADED_PENALTY,
-    TIE_EPS,
-    check_params,
-    load,
-    next_in_turn,
-    number,
-    unit,
-)
-
-DEFAULT_MEMORY_WEIGHT = 2.0
+from app.core.routing.strategies.common import TIE_EPS, load, next_in_turn, penalise
+from app.core.routing.strategies.params import LeastLoadedParams
 
 
 class LeastLoaded(Strategy):
     name = "least_loaded"
+    Params = LeastLoadedParams
+    config: LeastLoadedParams
 
-    def __init__(self, memory_weight: float = DEFAULT_MEMORY_WEIGHT) -> None:
-        self.memory_weight = number("memory_weight", memory_weight, minimum=0.0, maximum=1e6)
+    def __init__(self, config: LeastLoadedParams | None = None) -> None:
+        super().__init__(config)
         self._last: str | None = None  # the last key used, for turn-taking among ties
 
     def select(self, targets: Sequence[Target], ctx: RouteContext) -> Selection:
@@ -46,22 +38,10 @@ class LeastLoaded(Strategy):
         """1 / (1 + load) in (0, 1], less the degraded penalty: healthy (0, 1], degraded (-1, 0].
 
         `extra` (times `extra_scale`, >= 0) adds to a target's load by key: cache_aware's miss rule is this rule
-        with cache fill as extra load. common.load is inlined: this runs for every target on every request."""
-        w, p = self.memory_weight, DEGRADED_PENALTY
-        if extra is None:
-            return {
-                t.key: 1.0 / (1.0 + (n if (n := t.in_flight) > 0 else 0)
-                              + w * (m if 0.0 <= (m := t.memory_pressure) <= 1.0 else unit(m)))
-                - (p if t.degraded else 0.0)
-                for t in targets
-            }
-        return {
-            t.key: 1.0 / (1.0 + (n if (n := t.in_flight) > 0 else 0)
-                          + w * (m if 0.0 <= (m := t.memory_pressure) <= 1.0 else unit(m))
-                          + extra_scale * extra.get(t.key, 0.0))
-            - (p if t.degraded else 0.0)
-            for t in targets
-        }
+        with cache fill as extra load."""
+        w, more = self.config.memory_weight, extra or {}
+        scores = {t.key: 1.0 / (1.0 + load(t, w) + extra_scale * more.get(t.key, 0.0)) for t in targets}
+        return penalise(scores, targets)
 
     def pick(self, targets: Sequence[Target]) -> tuple[Target, str]:
         """The least loaded healthy target (any target when all are degraded) and a short reason."""
@@ -89,14 +69,7 @@ class LeastLoaded(Strategy):
     def _describe(self, t: Target) -> str:
         # Plain "N in flight" unless memory pressure actually adds to the load.
         n = max(t.in_flight, 0)
-        x = load(t, self.memory_weight)
+        x = load(t, self.config.memory_weight)
         if x - n <= TIE_EPS:
             return f"{n} in flight"
         return f"load {x:.1f} ({n} in flight + memory {x - n:.1f})"
-
-    def params(self) -> dict[str, Any]:
-        return {"memory_weight": self.memory_weight}
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> LeastLoaded:
-        return cls(**check_params(cls.name, params, ("memory_weight",)))

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from app.core.routing.strategies.base import RouteContext, Selection, Strategy, Target
-from app.core.routing.strategies.common import DEGRADED_PENALTY, next_in_turn, pct, unit
+from app.core.routing.strategies.common import next_in_turn, pct, penalise, unit
+from app.core.routing.strategies.params import NoParams
 
 EXHAUSTED = -1.0
 
@@ -18,16 +19,12 @@ EXHAUSTED = -1.0
 class QuotaAware(Strategy):
     name = "quota_aware"
 
-    def __init__(self) -> None:
+    def __init__(self, config: NoParams | None = None) -> None:
+        super().__init__(config)
         self._last: str | None = None  # for turn-taking among full ties
 
     def select(self, targets: Sequence[Target], ctx: RouteContext) -> Selection:
-        p = DEGRADED_PENALTY
-        scores = {
-            t.key: (q if 0.0 < (q := t.quota_left) <= 1.0 else (1.0 if q > 1.0 else EXHAUSTED))
-            - (p if t.degraded else 0.0)
-            for t in targets
-        }
+        scores = penalise({t.key: quota_score(t.quota_left) for t in targets}, targets)
         values = list(scores.values())
         top = max(values)
         if values.count(top) == 1:
@@ -40,7 +37,7 @@ class QuotaAware(Strategy):
                 reason += f" vs {pct(unit(second.quota_left))} on {second.key}"
         else:
             tied = [targets[i] for i, v in enumerate(values) if v == top]
-            flights = [n if (n := t.in_flight) > 0 else 0 for t in tied]
+            flights = [max(t.in_flight, 0) for t in tied]
             fewest = min(flights)
             calm = [t for t, n in zip(tied, flights) if n == fewest]
             key = next_in_turn([t.key for t in calm], self._last) if len(calm) > 1 else calm[0].key
@@ -54,3 +51,10 @@ class QuotaAware(Strategy):
 
     def on_start(self, target: Target, ctx: RouteContext) -> None:
         self._last = target.key
+
+
+def quota_score(quota_left: float) -> float:
+    """The quota left, clamped to 1; none (0, negative or NaN) is EXHAUSTED."""
+    if quota_left > 1.0:
+        return 1.0
+    return quota_left if quota_left > 0.0 else EXHAUSTED

@@ -11,12 +11,14 @@ from collections.abc import Sequence
 
 from app.core.routing.strategies.base import RouteContext, Selection, Strategy, Target
 from app.core.routing.strategies.common import penalise
+from app.core.routing.strategies.params import NoParams
 
 
 class RoundRobin(Strategy):
     name = "round_robin"
 
-    def __init__(self) -> None:
+    def __init__(self, config: NoParams | None = None) -> None:
+        super().__init__(config)
         self._last: str | None = None  # advanced by on_start, so select stays free of side effects
 
     def select(self, targets: Sequence[Target], ctx: RouteContext) -> Selection:

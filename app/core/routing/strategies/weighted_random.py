@@ -12,42 +12,30 @@ from __future__ import annotations
 import random
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from itertools import accumulate
-from typing import Any
 
 from app.core.routing.strategies.base import RouteContext, Selection, Strategy, Target
-from app.core.routing.strategies.common import DEGRADED_PENALTY, check_params, finite_or, number, pct, seed_param
+from app.core.routing.strategies.common import finite_or, pct, penalise
+from app.core.routing.strategies.params import WeightedRandomParams
 
 _INF = float("inf")
 
 
 class WeightedRandom(Strategy):
     name = "weighted_random"
+    Params = WeightedRandomParams
+    config: WeightedRandomParams
 
-    def __init__(
-        self,
-        weights: Mapping[str, float] | None = None,
-        seed: int | None = None,
-        rng: random.Random | None = None,
-    ) -> None:
-        if weights is None:
-            weights = {}
-        if not isinstance(weights, Mapping):
-            raise ValueError(f"weights must be an object of model_id: weight (got {type(weights).__name__})")
-        self.weights: dict[str, float] = {}
-        for model_id, w in weights.items():
-            if not isinstance(model_id, str) or not model_id:
-                raise ValueError(f"weights: model ids must be non-empty strings (got {model_id!r})")
-            self.weights[model_id] = number(f"weights[{model_id!r}]", w, minimum=0.0)
-        self.seed = seed_param(seed)
-        self._rng = rng if rng is not None else random.Random(self.seed)
+    def __init__(self, config: WeightedRandomParams | None = None, rng: random.Random | None = None) -> None:
+        super().__init__(config)
+        self._rng = rng if rng is not None else random.Random(self.config.seed)
         self._signature: list[tuple[str, str, float, bool]] | None = None
         self._odds: tuple[list[float], float, dict[str, float], str] = ([], 0.0, {}, "")
 
     def model_weight(self, t: Target) -> float:
         """The weight of the target's model (a missing or nonsensical Target.weight counts as 0)."""
-        w = self.weights.get(t.model_id)
+        w = self.config.weights.get(t.model_id)
         return w if w is not None else (finite_or(t.weight, 0.0) or 0.0)
 
     def select(self, targets: Sequence[Target], ctx: RouteContext) -> Selection:
@@ -87,13 +75,5 @@ class WeightedRandom(Strategy):
             top = max(draw)
             draw = [w / top for w in draw]
             total = sum(draw)
-        p = DEGRADED_PENALTY
-        scores = {t.key: w / total - (p if t.degraded else 0.0) for t, w in zip(targets, draw)}
+        scores = penalise({t.key: w / total for t, w in zip(targets, draw)}, targets)
         return list(accumulate(draw)), total, scores, how
-
-    def params(self) -> dict[str, Any]:
-        return {"weights": dict(self.weights), "seed": self.seed}
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any]) -> WeightedRandom:
-        return cls(**check_params(cls.name, params, ("weights", "seed")))

@@ -1,4 +1,4 @@
-"""The server's side of one model worker process: start, stream jobs, cancel, stop, measure."""
+"""The server's side of one model worker process: start, stream jobs, cancel, stop, measure; and its lifecycle."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import os
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import psutil
 
@@ -22,6 +23,38 @@ from app.core.errors import InvalidRequest, ModelUnavailable, WorkerCrashed
 _ids = itertools.count(1)
 # Streamed chunks are small, but a full embedding batch can be large.
 _LINE_LIMIT = 64 * 1024 * 1024
+
+
+class WorkerState(str, Enum):
+    """starting -> ready -> stopping -> stopped; failed from starting (the load failed) or ready (a crash).
+
+    Starting may also go to stopping (a load abandoned, e.g. at shutdown). Stopped and failed are final: a
+    handle runs one process, and the pool makes a new handle for the next.
+    """
+
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+_NEXT: dict[WorkerState, frozenset[WorkerState]] = {
+    WorkerState.STARTING: frozenset({WorkerState.READY, WorkerState.STOPPING, WorkerState.FAILED}),
+    WorkerState.READY: frozenset({WorkerState.STOPPING, WorkerState.FAILED}),
+    WorkerState.STOPPING: frozenset({WorkerState.STOPPED}),
+    WorkerState.STOPPED: frozenset(),
+    WorkerState.FAILED: frozenset(),
+}
+
+
+class IllegalTransition(RuntimeError):
+    """A bug: a worker was moved between two states that do not follow each other."""
+
+
+def check_transition(current: WorkerState, new: WorkerState) -> None:
+    if new not in _NEXT[current]:
+        raise IllegalTransition(f"a worker cannot go from {current.value} to {new.value}")
 
 
 @dataclass(slots=True)
@@ -35,7 +68,11 @@ class LoadSpec:
 
 
 class WorkerHandle:
-    """One worker process. Many requests may be queued on it; they run one at a time in the worker."""
+    """One worker process. Many requests may be queued on it; they run one at a time in the worker.
+
+    A handle is made to be started: it is STARTING from birth, and `start` announces that state first, so the
+    listener (`on_state`, set before `start`) hears every state the handle is in, once, in order.
+    """
 
     def __init__(self, model_id: str, spec: LoadSpec, *, replica: int = 0, log_path: Path | None = None) -> None:
         self.model_id = model_id
@@ -49,16 +86,16 @@ class WorkerHandle:
         self.in_flight = 0
         # Jobs the worker stopped early because their client went away.
         self.jobs_cancelled = 0
-        self.dead_reason: str | None = None
+        self.dead_reason: str | None = None  # why it failed or stopped; None while it runs
+        self.state = WorkerState.STARTING
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._pending: dict[str, asyncio.Queue[dict[str, Any]]] = {}
-        self._stopping = False
         # (generation, prompt) threads its jobs run with, set by the pool; None: llama.cpp's defaults.
         self.threads: tuple[int, int] | None = None
-        # Called once when the process is gone; `expected` is False for a crash.
-        self.on_exit: Callable[[WorkerHandle, bool], None] | None = None
+        # Told the handle on every state it enters (read `state`, and `dead_reason` when it failed).
+        self.on_state: Callable[[WorkerHandle], None] | None = None
 
     @property
     def alive(self) -> bool:
@@ -68,8 +105,22 @@ class WorkerHandle:
     def busy(self) -> bool:
         return self.in_flight > 0
 
+    def _enter(self, state: WorkerState) -> None:
+        """The one place a worker changes state: checked, then announced."""
+        check_transition(self.state, state)
+        self.state = state
+        self._announce()
+
+    def _announce(self) -> None:
+        if self.on_state is not None:
+            self.on_state(self)
+
     async def start(self, timeout: float) -> None:
-        """Spawn the process and wait until the model is loaded; raises ModelUnavailable on failure."""
+        """Spawn the process and wait until the model is loaded (ready); raises ModelUnavailable when the load
+        fails (failed). A handle starts once."""
+        if self.state is not WorkerState.STARTING or self.pid is not None:
+            raise IllegalTransition(f"a worker that is {self.state.value} cannot start (a handle starts once)")
+        self._announce()
         parent_sock, child_sock = socket.socketpair()
         log = open(self.log_path or os.devnull, "ab")
         try:
@@ -89,19 +140,27 @@ class WorkerHandle:
         reader, self._writer = await asyncio.open_connection(sock=parent_sock, limit=_LINE_LIMIT)
         self._send({"op": "load", **_spec_dict(self.spec)})
         try:
-            line = await asyncio.wait_for(reader.readline(), timeout)
-        except asyncio.TimeoutError:
-            await self.stop()
-            raise ModelUnavailable(f"Model '{self.model_id}' did not load within {timeout:.0f} s") from None
-        message = json.loads(line) if line else {"type": "load_error", "message": self._exit_description()}
+            line: bytes | None = await asyncio.wait_for(reader.readline(), timeout)
+        except TimeoutError:
+            line = None
+        if line is None:
+            await self._fail_to_load(f"Model '{self.model_id}' did not load within {timeout:.0f} s")
+        message: dict[str, Any] = json.loads(line) if line else {"type": "load_error",
+                                                                 "message": self._exit_description()}
         if message.get("type") != "ready":
-            await self.stop()
-            raise ModelUnavailable(f"Model '{self.model_id}' failed to load: {message.get('message')}")
+            await self._fail_to_load(f"Model '{self.model_id}' failed to load: {message.get('message')}")
         self.n_ctx = message.get("n_ctx")
         self.started_at = time.time()
         self._reader_task = asyncio.create_task(self._read_loop(reader), name=f"worker-{self.model_id}")
+        self._enter(WorkerState.READY)
 
-    async def run(self, op: str, params: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def _fail_to_load(self, reason: str) -> NoReturn:
+        await self._terminate()
+        self.dead_reason = reason
+        self._enter(WorkerState.FAILED)
+        raise ModelUnavailable(reason)
+
+    async def run(self, op: str, params: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         """Yield the worker's messages for one job: `chunk`s, then a final `done`.
 
         Raises WorkerCrashed if the process dies, ModelUnavailable for an error in the job.
@@ -162,8 +221,8 @@ class WorkerHandle:
         self.dead_reason = self.dead_reason or self._exit_description()
         for inbox in self._pending.values():
             inbox.put_nowait({"type": "crash", "message": self.dead_reason})
-        if self.on_exit is not None:
-            self.on_exit(self, self._stopping)
+        if self.state is WorkerState.READY:  # nobody asked it to stop: a crash
+            self._enter(WorkerState.FAILED)
 
     def _exit_description(self) -> str:
         code = self._process.returncode if self._process else None
@@ -183,8 +242,17 @@ class WorkerHandle:
             return 0
 
     async def stop(self, grace: float = 3.0) -> None:
-        """Ask the worker to exit; kill it if it does not. All its memory returns to the system."""
-        self._stopping = True
+        """Ask the worker to exit; kill it if it does not. All its memory returns to the system.
+
+        Stopping a handle that is stopping, stopped or failed only makes sure its process is gone."""
+        asked = self.state in (WorkerState.STARTING, WorkerState.READY)
+        if asked:
+            self._enter(WorkerState.STOPPING)
+        await self._terminate(grace)
+        if asked:
+            self._enter(WorkerState.STOPPED)
+
+    async def _terminate(self, grace: float = 3.0) -> None:
         if self._writer is not None and not self._writer.is_closing():
             with contextlib.suppress(OSError, WorkerCrashed):
                 self._send({"op": "shutdown"})
@@ -193,7 +261,7 @@ class WorkerHandle:
         if process is not None and process.returncode is None:
             try:
                 await asyncio.wait_for(process.wait(), grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     process.kill()
                 await process.wait()
@@ -204,4 +272,4 @@ class WorkerHandle:
 
 
 def _spec_dict(spec: LoadSpec) -> dict[str, Any]:
-    return {name: getattr(spec, name) for name in spec.__slots__}  # type: ignore[attr-defined]
+    return {name: getattr(spec, name) for name in spec.__slots__}
