@@ -18,7 +18,8 @@ from typing import Any
 from app.core import paths
 from app.core.catalog.discovery.found import ScanResult
 from app.core.catalog.discovery.scan import scan
-from app.core.catalog.registry import ModelEntry, Registry
+from app.core.catalog.model import ModelEntry
+from app.core.catalog.registry import Registry
 from app.core.config import Config
 from app.core.errors import InvalidRequest, ModelNotFound, ModelUnavailable, SwitchboardError
 from app.core.observe.decisions import DecisionLog

@@ -14,7 +14,7 @@ from typing import Any
 
 from app.core import views
 from app.core.catalog.discovery.found import ScanResult
-from app.core.catalog.registry import ModelEntry
+from app.core.catalog.model import ModelEntry
 from app.core.config import Config, ConfigError
 from app.core.engine import Engine, Job
 from app.core.errors import InvalidRequest, ModelNotFound

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from app.core.catalog.registry import ModelEntry
+from app.core.catalog.model import ModelEntry
 
 if TYPE_CHECKING:
     from app.core.engine import Engine

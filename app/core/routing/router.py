@@ -10,7 +10,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from app.core.catalog.registry import ModelEntry, Registry
+from app.core.catalog.model import ModelEntry
+from app.core.catalog.registry import Registry
 from app.core.errors import (
     CapabilityMissing,
     InsufficientMemory,

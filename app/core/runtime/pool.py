@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import psutil
 
 from app.core.catalog import capabilities as caps
-from app.core.catalog.registry import ModelEntry
+from app.core.catalog.model import ModelEntry
 from app.core.config import Config
 from app.core.errors import InsufficientMemory, ModelUnavailable
 from app.core.paths import data_dir

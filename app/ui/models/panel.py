@@ -38,7 +38,7 @@ from app.ui.models.table import ID_ROLE, SORT_ROLE, ModelsTableModel
 from app.ui.support import error_text, spawn
 
 if TYPE_CHECKING:
-    from app.core.catalog.registry import ModelEntry
+    from app.core.catalog.model import ModelEntry
 
 
 class ModelsPanel(QWidget):

@@ -69,7 +69,7 @@ HEALTH_COLOURS = {
 }
 
 if TYPE_CHECKING:
-    from app.core.catalog.registry import ModelEntry
+    from app.core.catalog.model import ModelEntry
 
 
 def human_bytes(n: int | None) -> str:

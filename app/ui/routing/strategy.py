@@ -1,15 +1,16 @@
 """The Routing tab's strategy: pick the strategy that routes "auto" requests and edit its parameters (numbers,
 affinity pins, weights, quotas, the experiment), then Apply (Services.routing.configure, as PUT /api/router).
 
-Long module: the picker and its parameter pages are one form; NUMBER_PARAMS, most of the pages' bulk, is to be
-replaced by a form derived from each strategy's typed parameters, and the module shrinks then.
+Long module: the picker and its parameter pages (numbers, affinity pins, weights, quotas, the experiment) are one
+form; apart, the pages would each need the picker's state. The numeric parameters' fields derive from each
+strategy's typed parameters (strategies.param_fields): bounds, titles and help are declared once, in
+app/core/routing/strategies/params.py.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal
@@ -39,6 +40,7 @@ from PySide6.QtWidgets import (
 from app.core.errors import SwitchboardError
 from app.core.routing import strategies
 from app.core.routing.quota import Limits
+from app.core.routing.strategies import ParamField
 from app.core.routing.strategies.affinity import PIN_KINDS
 from app.core.services import Services
 from app.ui.routing.experiments import experiment_label
@@ -58,48 +60,26 @@ DESCRIPTIONS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class NumberParam:
-    key: str
-    label: str
-    minimum: float
-    maximum: float
-    step: float
-    decimals: int  # 0: a whole number
-    help: str = ""
+INT_MAX = 2**31 - 1  # what a QSpinBox holds
+UNBOUNDED = 1e9  # a number field's top when its parameter has none
 
 
-_MEMORY_WEIGHT = NumberParam("memory_weight", "Memory weight", 0, 1000, 0.5, 2,
-                             "a worker at full memory pressure counts like this many requests in flight")
-NUMBER_PARAMS: dict[str, tuple[NumberParam, ...]] = {
-    "least_loaded": (_MEMORY_WEIGHT,),
-    "cache_aware": (
-        NumberParam("cache_threshold", "Cache threshold", 0, 1, 0.05, 2,
-                    "share of the prompt a worker must already hold to win on its cache"),
-        NumberParam("balance_abs_threshold", "Imbalance: absolute", 0, 10_000, 1, 1,
-                    "requests in flight between the busiest and the idlest worker before load wins"),
-        NumberParam("balance_rel_threshold", "Imbalance: relative", 0, 1000, 0.1, 2,
-                    "ratio busiest / idlest before load wins"),
-        NumberParam("max_chars_per_target", "Prefix tree size", 1, 1e9, 10_000, 0,
-                    "characters remembered per worker"),
-        NumberParam("correction_alpha", "Correction rate", 0.01, 1, 0.05, 2,
-                    "how fast reported cache use corrects the prediction"),
-        _MEMORY_WEIGHT,
-    ),
-    "latency_based": (
-        NumberParam("expected_tokens", "Expected tokens", 0, 1e6, 16, 0,
-                    "answer length used to weigh time per token against time to first token"),
-        NumberParam("min_samples", "Samples before trusting", 0, 10_000, 1, 0,
-                    "requests measured before a model's latency is used"),
-        NumberParam("explore_every", "Explore every", 0, 1_000_000, 1, 0,
-                    "every N-th request tries a model without enough samples (0: never)"),
-    ),
-    "affinity": (
-        NumberParam("ttl_s", "Session TTL (s)", 1, 1e7, 60, 0, "how long a session stays on its model"),
-        NumberParam("max_sessions", "Sessions remembered", 1, 1e7, 1000, 0, ""),
-        _MEMORY_WEIGHT,
-    ),
-}
+def number_field(spec: ParamField) -> QSpinBox | QDoubleSpinBox:
+    """A spin box for one numeric parameter: its bounds, a step that suits them, its description as help."""
+    field: QSpinBox | QDoubleSpinBox
+    low = spec.minimum if spec.minimum is not None else 0.0
+    if spec.kind == "integer":
+        field = QSpinBox()
+        field.setRange(int(low) + (1 if spec.exclusive_minimum else 0),
+                       int(min(spec.maximum if spec.maximum is not None else INT_MAX, INT_MAX)))
+    else:
+        field = QDoubleSpinBox()
+        field.setDecimals(2)
+        high = spec.maximum if spec.maximum is not None else UNBOUNDED
+        field.setRange(low + (0.01 if spec.exclusive_minimum else 0.0), high)
+        field.setSingleStep(0.05 if high <= 1 else 0.5)
+    field.setToolTip(spec.description)
+    return field
 
 
 class StrategyPage(QWidget):
@@ -114,24 +94,16 @@ class StrategyPage(QWidget):
         self.layout_ = QVBoxLayout(self)
         self.layout_.setContentsMargins(0, 0, 0, 0)
         self.fields: dict[str, QSpinBox | QDoubleSpinBox] = {}
-        specs = NUMBER_PARAMS.get(name, ())
+        # The numeric parameters get spin boxes derived from the strategy's typed parameters; the others
+        # (pins, weights, arms) have editors of their own on the pages below.
+        specs = [f for f in strategies.param_fields(name) if f.kind in ("number", "integer") and not f.optional]
         if specs:
             form = QFormLayout()
             for spec in specs:
-                field: QSpinBox | QDoubleSpinBox
-                if spec.decimals == 0:
-                    field = QSpinBox()
-                    field.setRange(int(spec.minimum), int(min(spec.maximum, 2**31 - 1)))
-                    field.setSingleStep(int(spec.step))
-                else:
-                    field = QDoubleSpinBox()
-                    field.setDecimals(spec.decimals)
-                    field.setRange(spec.minimum, spec.maximum)
-                    field.setSingleStep(spec.step)
-                field.setToolTip(spec.help)
+                field = number_field(spec)
                 field.valueChanged.connect(self.edited)
-                self.fields[spec.key] = field
-                form.addRow(spec.label, field)
+                self.fields[spec.name] = field
+                form.addRow(spec.title, field)
             self.layout_.addLayout(form)
         if not specs and name in ("round_robin", "quota_aware"):
             self.layout_.addWidget(QLabel("This strategy has no parameters."))
