@@ -6,10 +6,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from app.core.storage.store import Store
+from tests.support.examples import SCALE, examples
 from tests.support.models import find_default_model
 from tests.support.servers import Served, start_server
+
+# Property tests without their own count try Hypothesis's 100 examples, scaled like the others.
+if SCALE != 1.0:
+    settings.register_profile("scaled", max_examples=examples(100))
+    settings.load_profile("scaled")
 
 
 @pytest.fixture

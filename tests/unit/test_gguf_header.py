@@ -21,6 +21,7 @@ from app.core.catalog.gguf import reader as gguf_reader
 from app.core.catalog.gguf import strings as gguf_strings
 from app.core.catalog.gguf.header import ArrayInfo, GGUFError, GGUFHeader, format_size_label
 from app.core.catalog.gguf.reader import read_header
+from tests.support.examples import examples
 from tests.support.gguf_files import write_gguf
 
 T = gguf.GGUFValueType
@@ -225,7 +226,7 @@ def typed_value(draw: st.DrawFn) -> tuple[Any, Any, Any, Any]:
     return items, T.ARRAY, sub, expected
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.from_regex(r"x\.[a-z_]{1,12}", fullmatch=True), typed_value(), max_size=8))
 def test_random_metadata_round_trips(kvs: dict[str, tuple[Any, Any, Any, Any]]) -> None:
     with tempfile.TemporaryDirectory() as d:
@@ -276,7 +277,7 @@ _DECOYS = [
 ]
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(120), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(
         st.one_of(
@@ -620,7 +621,7 @@ def test_not_a_path() -> None:
         read_header(12345)  # type: ignore[arg-type]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(st.data())
 def test_corrupted_bytes_never_escape_as_other_errors(data: st.DataObject) -> None:
     raw = bytearray(_small_good_file())

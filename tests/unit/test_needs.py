@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.core.routing.needs import CODE, IMAGE_PLACEHOLDER, QueryNeeds, translate
+from tests.support.examples import examples
 
 
 def chat(*messages: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -207,26 +208,26 @@ messages = st.lists(st.fixed_dictionaries(
 endpoints = st.sampled_from(["chat", "completion", "embeddings", "/v1/chat/completions", "other"]) | st.text()
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(endpoint=endpoints, body=st.dictionaries(keys | st.text(max_size=8), json_values, max_size=8))
 def test_never_raises_on_arbitrary_json(endpoint: str, body: dict[str, Any]) -> None:
     _check(translate(endpoint, body))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(endpoint=endpoints, msgs=messages | json_values, extra=st.dictionaries(keys, json_values, max_size=4))
 def test_never_raises_on_chat_shaped_bodies(endpoint: str, msgs: Any, extra: dict[str, Any]) -> None:
     _check(translate(endpoint, {**extra, "messages": msgs}))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(msgs=messages, split=st.integers(min_value=0, max_value=6))
 def test_prefix_property_holds_for_any_conversation(msgs: list[dict[str, Any]], split: int) -> None:
     shorter = translate("chat", {"messages": msgs[:split]}).text
     assert translate("chat", {"messages": msgs}).text.startswith(shorter)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(body=json_values)
 def test_non_mapping_bodies_are_empty(body: Any) -> None:
     _check(translate("chat", body))

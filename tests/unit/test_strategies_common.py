@@ -14,6 +14,7 @@ from app.core.routing.strategies import STRATEGIES, Outcome, RouteContext, Strat
 from app.core.routing.strategies.common import DEGRADED_PENALTY, load, next_in_turn
 from app.core.routing.strategies.least_loaded import LeastLoaded
 from app.core.routing.strategies.params import NoParams
+from tests.support.examples import examples
 
 AB_PARAMS = {
     "experiment_id": "exp-1",
@@ -247,7 +248,7 @@ ALWAYS_HEALTHY_FIRST = {"round_robin", "least_loaded", "cache_aware", "latency_b
 
 
 @pytest.mark.parametrize("name", list(SAMPLE_PARAMS))
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=st.lists(st.tuples(target_lists(), contexts, outcomes), min_size=1, max_size=8))
 def test_never_raises_and_scores_every_target(
     name: str, steps: list[tuple[list[Target], RouteContext, Outcome]]

@@ -16,6 +16,7 @@ from app.core.routing.strategies import Outcome, RouteContext, Selection, Target
 from app.core.routing.strategies.cache_aware import CacheAware
 from app.core.routing.strategies.common import DEGRADED_PENALTY, pct
 from app.core.routing.strategies.prefix_tree import PrefixTree
+from tests.support.examples import examples
 
 SYSTEM = "<|system|>\nYou are a careful assistant. Answer briefly and cite sources when you can.\n"
 
@@ -206,7 +207,7 @@ def check_invariants(tree: PrefixTree) -> None:
     assert dict(sizes) == {t: n for t, n in tree.size.items() if n}
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(ops=st.lists(st.tuples(st.sampled_from("xyz"), st.text(alphabet="ab", max_size=12)), max_size=40),
        probe=st.text(alphabet="ab", max_size=14))
 def test_tree_matches_brute_force(ops: list[tuple[str, str]], probe: str) -> None:
@@ -222,7 +223,7 @@ def test_tree_matches_brute_force(ops: list[tuple[str, str]], probe: str) -> Non
     assert tree.match(probe) == expected
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(ops=st.lists(st.tuples(st.sampled_from("xy"), st.text(alphabet="abc", min_size=1, max_size=15)),
                     max_size=40),
        limit=st.integers(0, 30))
@@ -249,7 +250,7 @@ def shape(node: object) -> tuple:
             sorted(shape(c) for c in node.children.values()))  # type: ignore[attr-defined]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(ops=st.lists(st.tuples(st.sampled_from(["walk", "insert", "insert", "evict"]), st.sampled_from("xy"),
                               st.text(alphabet="ab", max_size=10)), max_size=40),
        limit=st.integers(0, 20), probe=st.text(alphabet="ab", max_size=12))
@@ -341,7 +342,7 @@ def pools(draw: st.DrawFn) -> list[Target]:
               degraded=all_degraded or draw(st.integers(0, 4)) == 0) for k in keys]
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(threshold=st.sampled_from([0.0, 0.3, 0.5, 0.8, 1.0]), alpha=st.sampled_from([0.3, 0.7, 1.0]),
        max_chars=st.sampled_from([40, 10_000]),
        steps=st.lists(st.tuples(pools(), st.text(alphabet="xy", min_size=0, max_size=3),
