@@ -9,7 +9,7 @@ few KB sharing a ~2 KB system prompt, each request the next turn of one of 300 c
 reports cached tokens near the predicted match (0 for 5% of requests, as if the worker had evicted them); its
 tree is warmed before timing.
 
-Target at 100 targets: p99 <= 50 µs per decision for every strategy, cache_aware included (its decision also
+Target at 100 targets: p99 <= 100 µs per decision (issue 8: readable strategies may cost that much) for every strategy, cache_aware included (its decision also
 walks a prefix tree holding texts of several KB, inserts the request's text into it and learns from the
 outcome).
 
@@ -42,7 +42,7 @@ SNAPSHOTS = 16
 ROUNDS = 5
 TARGET_N = 100
 TARGET_P99_US: dict[str, float] = {}  # per-strategy exceptions (none); the rest: DEFAULT_TARGET_P99_US
-DEFAULT_TARGET_P99_US = 50.0
+DEFAULT_TARGET_P99_US = 100.0
 WORDS = (
     "the model answer token cache prompt system user assistant route worker memory latency request stream "
     "python function return value list error check result quick brown fox jumps over lazy dog data table"
