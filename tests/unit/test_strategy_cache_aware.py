@@ -1,9 +1,10 @@
 """cache_aware: prefix routing of conversations, load balance, spread misses, correction from reported cache use,
-bounded memory; the prefix tree itself against a brute-force reference; and select against a statement of its
-rule fed with what each target was sent, by brute force (same decisions, reasons and scores)."""
+bounded memory; and select against a statement of its rule fed with what each target was sent, by brute force
+(same decisions, reasons and scores). The prefix tree itself: test_prefix_tree.py."""
 
 from __future__ import annotations
 
+import os
 import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -15,7 +16,6 @@ from hypothesis import strategies as st
 from app.core.routing.strategies import Outcome, RouteContext, Selection, Target
 from app.core.routing.strategies.cache_aware import CacheAware
 from app.core.routing.strategies.common import DEGRADED_PENALTY, pct
-from app.core.routing.strategies.prefix_tree import PrefixTree
 from tests.support.examples import examples
 
 SYSTEM = "<|system|>\nYou are a careful assistant. Answer briefly and cite sources when you can.\n"
@@ -180,97 +180,6 @@ def test_params() -> None:
         CacheAware.from_params({"max_chars": 10})
 
 
-# --- the prefix tree against a brute-force reference ------------------------------------------------------
-
-
-def common(a: str, b: str) -> int:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return n
-
-
-def check_invariants(tree: PrefixTree) -> None:
-    sizes: Counter[str] = Counter()
-    stack = [tree.root]
-    while stack:
-        node = stack.pop()
-        for ch, child in node.children.items():
-            assert child.parent is node and child.edge and child.edge[0] == ch
-            assert child.last, "a node nobody holds is unlinked"
-            assert set(child.last) <= set(node.last) or node is tree.root  # a tenant holds all ancestors
-            for tenant in child.last:
-                sizes[tenant] += len(child.edge)
-            kids = Counter(t for c in child.children.values() for t in c.last)
-            assert {t: n for t, n in child.kids.items() if n} == dict(kids)
-            stack.append(child)
-    assert dict(sizes) == {t: n for t, n in tree.size.items() if n}
-
-
-@settings(max_examples=examples(150), deadline=None)
-@given(ops=st.lists(st.tuples(st.sampled_from("xyz"), st.text(alphabet="ab", max_size=12)), max_size=40),
-       probe=st.text(alphabet="ab", max_size=14))
-def test_tree_matches_brute_force(ops: list[tuple[str, str]], probe: str) -> None:
-    tree = PrefixTree()
-    held: dict[str, list[str]] = {}
-    for tick, (tenant, text) in enumerate(ops, 1):
-        before = max((common(text, h) for h in held.get(tenant, [])), default=0)
-        assert tree.insert(text, tenant, tick) == before
-        if text:
-            held.setdefault(tenant, []).append(text)
-        check_invariants(tree)
-    expected = {t: m for t, texts in held.items() if (m := max(common(probe, h) for h in texts))}
-    assert tree.match(probe) == expected
-
-
-@settings(max_examples=examples(150), deadline=None)
-@given(ops=st.lists(st.tuples(st.sampled_from("xy"), st.text(alphabet="abc", min_size=1, max_size=15)),
-                    max_size=40),
-       limit=st.integers(0, 30))
-def test_tree_eviction_bounds_and_keeps_the_newest(ops: list[tuple[str, str]], limit: int) -> None:
-    tree = PrefixTree()
-    last: dict[str, str] = {}
-    for tick, (tenant, text) in enumerate(ops, 1):
-        tree.insert(text, tenant, tick)
-        tree.evict(tenant, limit)
-        last[tenant] = text
-        assert tree.size.get(tenant, 0) <= limit
-        check_invariants(tree)
-        # The most recently used text survives whenever it fits on its own.
-        if len(text) <= limit:
-            assert tree.match(text).get(tenant) == len(text)
-    for tenant in list(last):
-        tree.forget(tenant)
-    assert tree.size == {} and tree.root.children == {}
-
-
-def shape(node: object) -> tuple:
-    """The whole subtree: edges, who holds what (with ticks) and child counts, in a comparable form."""
-    return (node.edge, sorted(node.last.items()), sorted(node.kids.items()),  # type: ignore[attr-defined]
-            sorted(shape(c) for c in node.children.values()))  # type: ignore[attr-defined]
-
-
-@settings(max_examples=examples(200), deadline=None)
-@given(ops=st.lists(st.tuples(st.sampled_from(["walk", "insert", "insert", "evict"]), st.sampled_from("xy"),
-                              st.text(alphabet="ab", max_size=10)), max_size=40),
-       limit=st.integers(0, 20), probe=st.text(alphabet="ab", max_size=12))
-def test_insert_after_a_walk_is_the_same(ops: list[tuple[str, str, str]], limit: int, probe: str) -> None:
-    # insert follows the path of the last walk of the same text while no node changed since (select walks the
-    # text, on_start inserts it); a walk made stale by a split, a new leaf or an eviction is not followed.
-    walked, plain = PrefixTree(), PrefixTree()
-    for tick, (op, tenant, text) in enumerate(ops, 1):
-        if op == "walk":
-            walked.walk(text)
-        elif op == "insert":
-            assert walked.insert(text, tenant, tick) == plain.insert(text, tenant, tick)
-        else:
-            walked.evict(tenant, limit)
-            plain.evict(tenant, limit)
-        check_invariants(walked)
-        assert walked.size == plain.size and shape(walked.root) == shape(plain.root)
-    assert walked.match(probe) == plain.match(probe)
-
-
 # --- select against the rule, fed by brute force ------------------------------------------------------------
 
 
@@ -294,7 +203,8 @@ class Sent:
         return all(self.size(k) <= self.max_chars for k in self.texts)
 
     def held(self, text: str) -> dict[str, int]:
-        return {k: m for k, texts in self.texts.items() if (m := max(common(text, t) for t in texts))}
+        matches = {k: max(len(os.path.commonprefix([text, t])) for t in texts) for k, texts in self.texts.items()}
+        return {k: m for k, m in matches.items() if m}
 
 
 def reference_select(s: CacheAware, targets: Sequence[Target], ctx: RouteContext, held: Mapping[str, int],
@@ -364,7 +274,7 @@ def test_select_is_the_rule_exactly(threshold: float, alpha: float, max_chars: i
         sel = s.select(targets, ctx)
         if sent.within_budget():  # the caches as sent
             held, sizes = sent.held(ctx.text), {k: float(sent.size(k)) for k in sent.texts}
-        else:  # as eviction left them (the tree's eviction is checked against its own reference above)
+        else:  # as eviction left them (the tree's eviction is checked against its own reference in test_prefix_tree.py)
             held, sizes = (s._tree.match(ctx.text) if ctx.text else {}), dict(s._tree.size)
         assert sel == reference_select(s, targets, ctx, held, sizes)
         chosen = next(t for t in targets if t.key == sel.key)

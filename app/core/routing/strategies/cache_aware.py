@@ -48,8 +48,7 @@ class CacheAware(Strategy):
     # --- deciding -----------------------------------------------------------------------------------------
 
     def select(self, targets: Sequence[Target], ctx: RouteContext) -> Selection:
-        pool = [t for t in targets if not t.degraded] or targets  # who may win: healthy first
-        imbalance = self._imbalance(pool)
+        imbalance = self._imbalance(targets)
         if imbalance is not None:
             scores = self._ll.scores(targets)
             chosen, why = self._ll.choose(targets, scores)
@@ -58,53 +57,57 @@ class CacheAware(Strategy):
         text = ctx.text
         held = self._tree.match(text) if text else {}  # target -> characters of the text it holds
         inv = 1.0 / len(text) if text else 0.0
+        # The predicted match of each target that may win (healthy first) and holds some of the text.
+        any_healthy = not all(t.degraded for t in targets)
         corr = self._correction
-        may_win = {t.key for t in pool}
-        predicted = {k: chars * inv * corr.get(k, 1.0) for k, chars in held.items() if k in may_win}
+        predicted = {t.key: held[t.key] * inv * corr.get(t.key, 1.0) for t in targets
+                     if t.key in held and not (any_healthy and t.degraded)}
         best = max(predicted.values(), default=0.0)
         if best > 0.0 and best >= self.config.cache_threshold:
-            return self._hit(targets, pool, held, inv, [k for k, r in predicted.items() if r == best], best)
+            return self._hit(targets, held, inv, predicted, best)
         return self._miss(targets, best)
 
-    def _imbalance(self, pool: Sequence[Target]) -> tuple[int, int] | None:
-        """(most, fewest) in flight when the load is imbalanced, else None."""
-        flights = [t.in_flight for t in pool]
+    def _imbalance(self, targets: Sequence[Target]) -> tuple[int, int] | None:
+        """(most, fewest) in flight when the load is imbalanced, else None; over the healthy targets, or all of
+        them when none is."""
+        flights = [t.in_flight for t in targets if not t.degraded] or [t.in_flight for t in targets]
         hi, lo = max(max(flights), 0), max(min(flights), 0)
         c = self.config
         if hi - lo > c.balance_abs_threshold and hi > c.balance_rel_threshold * lo:
             return hi, lo
         return None
 
-    def _hit(self, targets: Sequence[Target], pool: Sequence[Target], held: Mapping[str, int], inv: float,
-             best_keys: list[str], best: float) -> Selection:
-        """One of `best_keys` (the targets of `pool` whose predicted match is `best`): the one with fewer in flight
-        when several are (e.g. two replicas hold the whole text).
+    def _hit(self, targets: Sequence[Target], held: Mapping[str, int], inv: float, predicted: dict[str, float],
+             best: float) -> Selection:
+        """The target whose predicted match is `best`; of several (e.g. two replicas hold the whole text), the one
+        with fewer in flight.
 
-        Score = predicted match ratio less the degraded penalty: healthy [0, 1], degraded [-1, 0]."""
+        Score = predicted match less the degraded penalty: healthy [0, 1], degraded [-1, 0]."""
         corr = self._correction
         scores = dict.fromkeys([t.key for t in targets], 0.0)  # 0 for a target holding none of the text
-        for key, chars in held.items():  # the few holders (the tree holds other targets' texts too)
-            if key in scores:
-                scores[key] = chars * inv * corr.get(key, 1.0)
-        penalise(scores, targets)
+        scores.update(predicted)
+        for t in targets:  # degraded holders when a healthy target exists are not in `predicted`: they score too
+            if t.degraded and t.key in held and t.key not in predicted:
+                scores[t.key] = held[t.key] * inv * corr.get(t.key, 1.0)
+        best_keys = [k for k, v in predicted.items() if v == best]
         key = best_keys[0]
         if len(best_keys) > 1:
-            key = min((t for t in pool if t.key in best_keys), key=lambda t: (max(t.in_flight, 0), t.key)).key
+            key = min((t for t in targets if t.key in best_keys), key=lambda t: (max(t.in_flight, 0), t.key)).key
         reason = f"prefix match {pct(best)} on {key}"
         c = corr.get(key, 1.0)
         if c < 0.995:
             reason += f" (after correction x{c:.2f})"
-        return Selection(key, reason, scores, {"branch": "hit", "match": best})
+        return Selection(key, reason, penalise(scores, targets), {"branch": "hit", "match": best})
 
     def _miss(self, targets: Sequence[Target], best: float) -> Selection:
-        """least_loaded's rule with each target's tree fill as extra load."""
+        """least_loaded's rule with each target's tree fill as extra load; `best` (the best predicted match) is
+        for the reason."""
         scores = self._ll.scores(targets, self._tree.size, 1.0 / self.config.max_chars_per_target)
         values = list(scores.values())
         chosen = targets[values.index(max(values))]
-        match = max(best, 0.0)
-        reason = (f"cache miss (best match {pct(match)} < {pct(self.config.cache_threshold)}): "
+        reason = (f"cache miss (best match {pct(best)} < {pct(self.config.cache_threshold)}): "
                   f"{chosen.key} has the least load and cached text")
-        return Selection(chosen.key, reason, scores, {"branch": "miss", "match": match})
+        return Selection(chosen.key, reason, scores, {"branch": "miss", "match": best})
 
     # --- learning -----------------------------------------------------------------------------------------
 

@@ -48,15 +48,15 @@ class LatencyBased(Strategy):
                 scores: Mapping[str, float]) -> tuple[Target, str]:
         if len(targets) == 1:
             return targets[0], "only target"
-        healthy = [t for t in targets if not t.degraded]
-        pool = healthy or targets  # degraded targets only when no healthy one exists
-        unmeasured = {t.key for t, c in zip(targets, costs) if c is None}
+        any_healthy = not all(t.degraded for t in targets)  # degraded targets only when no healthy one exists
         # An unmeasured target with nothing in flight goes first (so a burst does not all land on it).
-        idle = [t for t in pool if t.key in unmeasured and t.in_flight <= 0]
+        idle = [t for t, c in zip(targets, costs)
+                if c is None and t.in_flight <= 0 and not (any_healthy and t.degraded)]
         if idle:
             chosen = min(idle, key=lambda t: (max(t.latency_samples, 0), t.key))
             return chosen, (f"exploring: {chosen.key} has {max(chosen.latency_samples, 0)} of "
                             f"{self.config.min_samples} samples")
+        pool = [t for t in targets if not t.degraded] if any_healthy else targets
         every = self.config.explore_every
         if every and (self._decisions + 1) % every == 0:
             chosen = min(pool, key=lambda t: (max(t.latency_samples, 0), max(t.in_flight, 0), t.key))
@@ -64,7 +64,7 @@ class LatencyBased(Strategy):
         values = list(scores.values())  # aligned with targets (their keys are unique)
         top = max(values)
         # No healthy target measured yet (their first requests are out), or nothing measured at all.
-        if top <= 0.0 and (healthy or top <= -DEGRADED_PENALTY):
+        if top <= 0.0 and (any_healthy or top <= -DEGRADED_PENALTY):
             chosen = min(pool, key=lambda t: (max(t.in_flight, 0), t.key))
             return chosen, "no latency measured yet: fewest in flight"
         if values.count(top) > 1:

@@ -39,8 +39,11 @@ class LeastLoaded(Strategy):
 
         `extra` (times `extra_scale`, >= 0) adds to a target's load by key: cache_aware's miss rule is this rule
         with cache fill as extra load."""
-        w, more = self.config.memory_weight, extra or {}
-        scores = {t.key: 1.0 / (1.0 + load(t, w) + extra_scale * more.get(t.key, 0.0)) for t in targets}
+        w = self.config.memory_weight
+        if extra is None:
+            scores = {t.key: 1.0 / (1.0 + load(t, w)) for t in targets}
+        else:
+            scores = {t.key: 1.0 / (1.0 + load(t, w) + extra_scale * extra.get(t.key, 0.0)) for t in targets}
         return penalise(scores, targets)
 
     def pick(self, targets: Sequence[Target]) -> tuple[Target, str]:
