@@ -12,8 +12,10 @@ it had before the environment applied.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any, get_origin
 
@@ -63,6 +65,11 @@ class Config(BaseModel):
         default_factory=list, description="Host-header names accepted besides loopback names (DNS rebinding)."
     )
     load_timeout_s: float = Field(120.0, gt=0, description="A model that takes longer to load has failed.")
+    request_timeout_s: float = Field(
+        600.0, gt=0, description="A request not finished this long after it arrived is cancelled (504)."
+    )
+    max_queue: int = Field(64, ge=0, description="Requests that may wait per local model; more get 429.")
+    max_queue_total: int = Field(512, ge=1, description="Requests that may wait on the whole server; more get 429.")
     health_interval_s: float = Field(15.0, gt=0, description="How often loaded workers and remote backends are probed.")
 
     # setting -> (its environment value, its value before that), kept by load() for save().
@@ -104,9 +111,38 @@ class Config(BaseModel):
         for name, (value, before) in self._from_env.items():
             if data[name] == value:
                 data[name] = before
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-        tmp.replace(path)
+        _write_atomically(path, json.dumps(data, indent=2))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Replace `path` so that a crash or power loss at any moment leaves the old file or the new one, whole.
+
+    The temp file sits beside the target (a rename is atomic only within one file system) under a unique name (two
+    processes saving at once must not share one), and is synced before the rename so the name never points at
+    unwritten data. mkstemp makes it owner-only: the file may hold the API key."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in `folder` survive power loss: POSIX records it only once the folder itself is synced."""
+    if os.name != "posix":  # pragma: no cover - Windows cannot open a folder to sync it
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read(path: Path) -> dict[str, Any]:

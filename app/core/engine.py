@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
 from app.core import paths
@@ -21,15 +21,23 @@ from app.core.catalog.discovery.scan import scan
 from app.core.catalog.model import ModelEntry
 from app.core.catalog.registry import Registry
 from app.core.config import Config
-from app.core.errors import InvalidRequest, ModelNotFound, ModelUnavailable, SwitchboardError
+from app.core.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    ModelUnavailable,
+    QueueFull,
+    RequestTimeout,
+    SwitchboardError,
+)
 from app.core.observe.decisions import DecisionLog
 from app.core.observe.experiments import Arm, Experiments
 from app.core.observe.metrics import Metrics, ModelSnapshot
+from app.core.routing.admission import Place, Queues
 from app.core.routing.health import BreakerConfig, Health, HealthBook
 from app.core.routing.health_checker import HealthChecker, Probe, ProbeResult
 from app.core.routing.latency_stats import TargetStats
 from app.core.routing.quota import QuotaManager
-from app.core.routing.request import Finished, RouteRequest, RoutingDecision
+from app.core.routing.request import AUTO, Finished, RouteRequest, RoutingDecision
 from app.core.routing.router import DEFAULT_STRATEGY, RequestRouter
 from app.core.routing.strategies.base import Outcome
 from app.core.runtime.local.handle import WorkerHandle
@@ -37,6 +45,8 @@ from app.core.runtime.pool import ModelPool
 from app.core.storage.store import Store
 
 ALL_SOURCES = ("embedded", "hf", "ollama", "folders")
+# The worker's codes for a chat template that refused to render a conversation (process.py's Refused).
+TEMPLATE_FAULTS = frozenset({"template_refused", "template_error"})
 
 
 class Engine:
@@ -62,6 +72,7 @@ class Engine:
             self.router.on_finished, self.health.on_finished, self.quota.on_finished, self.metrics.on_finished,
             self.decisions.on_finished, self.experiments.on_finished,
         ]
+        self.queues = Queues()
         self.checker = HealthChecker(self.health, self._probes, interval_s=config.health_interval_s,
                                      on_change=self.health.show)
         self.last_scan: ScanResult | None = None
@@ -97,33 +108,91 @@ class Engine:
         return self.router.route(request)
 
     async def open(self, request: RouteRequest, op: str, params: dict[str, Any]) -> Job:
-        """Route and start a job; its first message has arrived when this returns.
+        """Route, admit and start a job; its first message has arrived when this returns.
 
-        A model that fails before sending anything is retried once on the next candidate.
+        A model that fails before sending anything is retried once on the next candidate; for `auto`, a model
+        whose chat template cannot render the conversation (the model's trait, not its failure, and never
+        counted against its health) hands it on to the next. The whole request, the wait for a model to load
+        included, must end within `request_timeout_s`.
         """
-        decision = self.router.route(request)
         started = time.monotonic()
-        try:
-            return await self._start(decision, request, op, params, started)
-        except InvalidRequest:
-            raise
-        except ModelUnavailable as failure:
-            self._record_failure(decision, failure)
+        deadline = asyncio.get_running_loop().time() + self.config.request_timeout_s
+        decision, place = self._admit(request)
+        exclude: frozenset[str] = frozenset()
+        model_failed = False
+        while True:
+            failure: SwitchboardError
             try:
-                retry = self.router.route(request, exclude=frozenset({decision.model_id}))
+                return await self._start_held(decision, place, request, op, params, started, deadline)
+            except InvalidRequest as refused:
+                if refused.code not in TEMPLATE_FAULTS or (request.model and request.model != AUTO):
+                    raise
+                failure = refused
+            except ModelUnavailable as unavailable:
+                self._record_failure(decision, unavailable)
+                if model_failed:
+                    raise
+                model_failed, failure = True, unavailable
+            exclude |= {decision.model_id}
+            try:
+                retry, place = self._admit(request, exclude=exclude)
             except SwitchboardError:
                 raise failure from None
-            retry = dataclasses.replace(
+            decision = dataclasses.replace(
                 retry, retried_from=decision.model_id,
                 reason=f"retried: {decision.model_id} failed ({failure.message}); {retry.reason}")
-            self.metrics.observe_decision(retry.strategy, retry.model_id, retried=True)
-            return await self._start(retry, request, op, params, started)
+            self.metrics.observe_decision(decision.strategy, decision.model_id, retried=True)
 
-    async def _start(self, decision: RoutingDecision, request: RouteRequest, op: str, params: dict[str, Any],
-                     started: float) -> Job:
+    def _admit(self, request: RouteRequest,
+               exclude: frozenset[str] = frozenset()) -> tuple[RoutingDecision, Place]:
+        """Route, then hold a place in the chosen model's queue (the Job releases it when it ends).
+
+        A model whose queue is full is routed around like any model that cannot serve (its fallbacks, or other
+        candidates for `auto`); when none is left, or the whole server has `max_queue_total` waiting, 429.
+        Routing and holding happen with no await in between, so the bounds hold however many requests arrive."""
+        if self.queues.waiting_total() >= self.config.max_queue_total:
+            raise QueueFull(f"The server has {self.config.max_queue_total} requests waiting; retry shortly",
+                            retry_after=1)
+        full: QueueFull | None = None
+        while True:
+            try:
+                decision = self.router.route(request, exclude=exclude)
+            except SwitchboardError:
+                if full is not None:
+                    raise full from None
+                raise
+            entry = self.registry.resolve(decision.model_id)
+            # A remote backend queues on its own machine.
+            if entry.is_remote or self.queues.waiting(entry.id, entry.replicas) < self.config.max_queue:
+                return decision, self.queues.hold(entry.id, entry.replicas)
+            full = full or QueueFull(f"The model '{entry.id}' has {self.config.max_queue} requests waiting; "
+                                     "retry shortly", retry_after=1)
+            exclude |= {entry.id}
+
+    async def _start_held(self, decision: RoutingDecision, place: Place, request: RouteRequest, op: str,
+                          params: dict[str, Any], started: float, deadline: float) -> Job:
+        """Start the job that holds `place`: its messages free the place when they end, else it is freed here."""
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await self._start(decision, place, request, op, params, started, deadline)
+        except TimeoutError:
+            place.release()
+            failure = self.timeout_error(decision)
+            self._record_failure(decision, failure)
+            raise failure from None
+        except BaseException:
+            place.release()
+            raise
+
+    def timeout_error(self, decision: RoutingDecision) -> RequestTimeout:
+        return RequestTimeout(f"The request to '{decision.model_id}' did not finish within "
+                              f"{self.config.request_timeout_s:g} s (request_timeout_s); it was cancelled")
+
+    async def _start(self, decision: RoutingDecision, place: Place, request: RouteRequest, op: str,
+                     params: dict[str, Any], started: float, deadline: float) -> Job:
         entry = self.registry.resolve(decision.model_id)
         handle = await self.pool.acquire(entry, decision.replica)
-        messages = handle.run(op, params)
+        messages = _holding(place, handle.run(op, params))
         try:
             first = await anext(messages)
         except BaseException:
@@ -137,7 +206,7 @@ class Engine:
                               strategy=decision.strategy, reason=decision.reason,
                               total_score=decision.total_score,
                               candidates=decision.explain()["candidates"], retried=decision.retried_from is not None)
-        return Job(self, decision, request, messages, first, started)
+        return Job(self, decision, request, messages, first, started, deadline)
 
     def _record_failure(self, decision: RoutingDecision, failure: SwitchboardError) -> None:
         self.health.record_request(decision.model_id, False, time.monotonic(), reason=failure.message)
@@ -277,16 +346,21 @@ class Job:
     """One running request: its decision, and the worker's messages as they arrive."""
 
     def __init__(self, engine: Engine, decision: RoutingDecision, request: RouteRequest,
-                 messages: AsyncIterator[dict[str, Any]], first: dict[str, Any], started: float) -> None:
+                 messages: AsyncIterator[dict[str, Any]], first: dict[str, Any], started: float,
+                 deadline: float) -> None:
         self.engine = engine
         self.decision = decision
         self.request = request
         self._messages = messages
         self._first = first
         self._started = started
+        self._deadline = deadline  # the loop's time by which the request must have ended
 
     async def stream(self) -> AsyncIterator[dict[str, Any]]:
-        """Every message, the first included. Reports the outcome when the job ends, however it ends."""
+        """Every message, the first included. Reports the outcome when the job ends, however it ends.
+
+        The status says whose fault an error was: 400 the request's, 503 and 504 the model's (only those count
+        against its health)."""
         ttft: float | None = None
         usage: dict[str, int] = {}
         error: str | None = None
@@ -303,9 +377,14 @@ class Job:
                         yield message
                         return
                     yield message
-                    message = await anext(self._messages)
+                    try:
+                        async with asyncio.timeout_at(self._deadline):
+                            message = await anext(self._messages)
+                    except TimeoutError:
+                        raise self.engine.timeout_error(self.decision) from None
         except SwitchboardError as exc:
-            error, status = exc.message, 503
+            error = exc.message
+            status = 400 if isinstance(exc, InvalidRequest) else 504 if isinstance(exc, RequestTimeout) else 503
             raise
         finally:
             outcome = Outcome(
@@ -314,6 +393,18 @@ class Job:
                 cached_tokens=usage.get("cached_tokens", 0), error=error,
             )
             self.engine.finish(self, outcome, status)
+
+
+async def _holding(place: Place,
+                   messages: AsyncGenerator[dict[str, Any], None]) -> AsyncGenerator[dict[str, Any], None]:
+    """The worker's messages; the queue place is freed when they end, however they end (unread ones too, when the
+    loop finalizes the abandoned generator)."""
+    try:
+        async with contextlib.aclosing(messages):
+            async for message in messages:
+                yield message
+    finally:
+        place.release()
 
 
 def _embedding_usage(message: Mapping[str, Any]) -> dict[str, int]:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 
 class SwitchboardError(Exception):
-    """Base class: `message` is shown to the client, `param` names the offending field."""
+    """Base class: `message` is shown to the client, `param` names the offending field, `retry_after` (seconds)
+    says when the same request may succeed (sent as Retry-After)."""
 
     code: str = "switchboard_error"
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.retry_after = retry_after
         if code is not None:
             self.code = code
 
@@ -66,11 +69,29 @@ class PayloadTooLarge(SwitchboardError):
     code = "payload_too_large"
 
 
+class HeadersTooLarge(SwitchboardError):
+    """The request line and headers together exceed the server's limit (app/server/guard.py)."""
+
+    code = "headers_too_large"
+
+
 class QuotaExceeded(SwitchboardError):
     """Every model that could serve has used its hourly quota; `retry_after` says when to come back."""
 
     code = "quota_exceeded"
+    retry_after: float
 
     def __init__(self, message: str, *, retry_after: float, param: str | None = None) -> None:
-        super().__init__(message, param=param)
-        self.retry_after = retry_after
+        super().__init__(message, param=param, retry_after=retry_after)
+
+
+class QueueFull(SwitchboardError):
+    """Too many requests wait already (for this model, or for the whole server): come back shortly."""
+
+    code = "queue_full"
+
+
+class RequestTimeout(SwitchboardError):
+    """The request ran past `request_timeout_s`; its job was cancelled in the worker."""
+
+    code = "request_timeout"

@@ -41,8 +41,9 @@ def routes(services: Services) -> APIRouter:
 
     @router.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
+        params = body.params()  # refuses a malformed conversation before anything is routed
         route = route_request(request, "chat", body)
-        return await _generate(services, request, route, "chat", body.params(), body.stream, body.include_usage)
+        return await _generate(services, request, route, "chat", params, body.stream, body.include_usage)
 
     @router.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:

@@ -24,8 +24,11 @@ STATUS: tuple[tuple[type[errors.SwitchboardError], int, str], ...] = (
     (errors.ModelNotFound, 404, "invalid_request_error"),
     (errors.CapabilityMissing, 404, "invalid_request_error"),
     (errors.PayloadTooLarge, 413, "invalid_request_error"),
+    (errors.HeadersTooLarge, 431, "invalid_request_error"),
     (errors.QuotaExceeded, 429, "rate_limit_error"),
+    (errors.QueueFull, 429, "rate_limit_error"),
     (errors.ModelUnavailable, 503, "server_error"),
+    (errors.RequestTimeout, 504, "server_error"),
     (errors.SwitchboardError, 500, "server_error"),
 )
 
@@ -43,7 +46,7 @@ def describe(exc: errors.SwitchboardError) -> tuple[int, dict[str, Any]]:
 
 def error_response(exc: errors.SwitchboardError, headers: dict[str, str] | None = None) -> JSONResponse:
     status, body = describe(exc)
-    if isinstance(exc, errors.QuotaExceeded):
+    if exc.retry_after is not None:
         headers = {**(headers or {}), "retry-after": str(max(1, math.ceil(exc.retry_after)))}
     return JSONResponse(body, status_code=status, headers=headers)
 

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.core.errors import InvalidRequest
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="allow")
@@ -33,6 +35,59 @@ class Message(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_call_id: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+
+    def for_template(self, where: str) -> dict[str, Any]:
+        """The message as a chat template renders it: content a string (text parts joined in order) or, with
+        images, a list of text and image_url parts. Raises InvalidRequest naming `where` (messages[i])."""
+        message = self.model_dump(exclude_none=True)
+        # OpenAI's developer messages are what system messages are to every other model.
+        if self.role == "developer":
+            message["role"] = "system"
+        if self.content is None:
+            if self.role == "assistant" and (self.tool_calls or message.get("function_call")):
+                message["content"] = ""  # templates concatenate content; None would break them
+            else:
+                raise InvalidRequest(f"{where}.content is required for a {self.role} message",
+                                     param=f"{where}.content")
+        elif isinstance(self.content, list):
+            message["content"] = _content_parts(self.content, f"{where}.content")
+        if self.role == "tool" and not self.tool_call_id:
+            raise InvalidRequest(f"{where}.tool_call_id is required for a tool message", param=f"{where}.tool_call_id")
+        return message
+
+
+# Content parts a chat model here can take; audio and files would need a model that reads them.
+_TEXT_PARTS = {"text": "text", "input_text": "text", "refusal": "refusal"}
+_UNSUPPORTED_PARTS = {"input_audio": "audio", "file": "files", "input_file": "files"}
+
+
+def _content_parts(parts: list[dict[str, Any]], where: str) -> str | list[dict[str, Any]]:
+    """Text parts joined in order; images kept as parts (the router sends them to a model with a projector)."""
+    kept: list[dict[str, Any]] = []
+    for index, part in enumerate(parts):
+        here = f"{where}[{index}]"
+        kind = part.get("type")
+        if kind in _TEXT_PARTS:
+            text = part.get(_TEXT_PARTS[kind])
+            if not isinstance(text, str):
+                raise InvalidRequest(f"{here}.{_TEXT_PARTS[kind]} must be a string", param=here)
+            kept.append({"type": "text", "text": text})
+        elif kind == "image_url":
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if not isinstance(url, str) or not url:
+                raise InvalidRequest(f"{here}.image_url.url must be a URL or a data: URI", param=here)
+            kept.append({"type": "image_url", "image_url": {"url": url}})
+        elif kind in _UNSUPPORTED_PARTS:
+            raise InvalidRequest(f"Content part type '{kind}' is not supported: no model here takes "
+                                 f"{_UNSUPPORTED_PARTS[kind]}", param=f"{here}.type", code="unsupported_content")
+        else:
+            raise InvalidRequest(f"Unknown content part type {kind!r} in {here}", param=f"{here}.type")
+    if all(part["type"] == "text" for part in kept):
+        return "\n".join(part["text"] for part in kept)
+    return kept
 
 
 class _Sampling(_Body):
@@ -46,6 +101,8 @@ class _Sampling(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     n: int = Field(default=1, ge=1, le=1)
+    # Token id (as a string, JSON's only key type) -> bias added to its logit.
+    logit_bias: dict[str, float] | None = Field(default=None, max_length=1024)
 
     @field_validator("stop")
     @classmethod
@@ -54,9 +111,20 @@ class _Sampling(_Body):
             raise ValueError("at most 4 stop sequences are allowed")
         return value
 
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for token, bias in (value or {}).items():
+            if not token.isdigit():
+                raise ValueError(f"keys must be token ids (got {token!r})")
+            if not -100 <= bias <= 100:
+                raise ValueError(f"biases must be between -100 and 100 (got {bias} for token {token})")
+        return value
+
     def sampling(self) -> dict[str, Any]:
         """The llama.cpp arguments the client set (unset ones keep llama.cpp's defaults)."""
-        names = ("max_tokens", "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
+        names = ("max_tokens", "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty",
+                 "logit_bias")
         params = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
         if self.stop is not None:
             params["stop"] = [self.stop] if isinstance(self.stop, str) else self.stop
@@ -78,7 +146,7 @@ class ChatCompletionRequest(_Sampling):
         params = self.sampling()
         if self.max_completion_tokens is not None and "max_tokens" not in params:
             params["max_tokens"] = self.max_completion_tokens
-        params["messages"] = [m.model_dump(exclude_none=True) for m in self.messages]
+        params["messages"] = [m.for_template(f"messages[{i}]") for i, m in enumerate(self.messages)]
         if self.response_format is not None and self.response_format.type != "text":
             params["response_format"] = self.response_format.model_dump(exclude_none=True)
         if self.tools:

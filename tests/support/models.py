@@ -40,3 +40,13 @@ def found(name: str, tag: str, path: str, *, source: str = "folder", template: s
     header = GGUFHeader(path=path, version=3, file_size=1000, tensor_count=1, metadata=metadata)
     return FoundModel(name=name, tag=tag, source=source, path=path, header=header, parts=[path],
                       projector=projector, size=1000)
+
+
+def make_templated_model(source: Path, target: Path, *, name: str, template: str) -> Path:
+    """The default model under another name with another chat template (a hostile one, in the tests)."""
+    reader = gguf.GGUFReader(source)
+    writer = gguf.GGUFWriter(target, arch=str(reader.fields["general.architecture"].contents()))
+    new = {gguf.Keys.General.NAME: MetadataDetails(gguf.GGUFValueType.STRING, name),
+           gguf.Keys.Tokenizer.CHAT_TEMPLATE: MetadataDetails(gguf.GGUFValueType.STRING, template)}
+    copy_with_new_metadata(reader, writer, new, [])  # writes and closes
+    return target

@@ -13,7 +13,7 @@ import pytest
 
 from app.core.catalog.registry import Registry
 from app.core.config import Config
-from app.core.errors import CapabilityMissing, InvalidRequest, ModelNotFound, QuotaExceeded
+from app.core.errors import CapabilityMissing, InvalidRequest, ModelNotFound, ModelUnavailable, QuotaExceeded
 from app.core.routing.health import BreakerConfig, Health, HealthBook
 from app.core.routing.latency_stats import TargetStats
 from app.core.routing.needs import translate
@@ -170,6 +170,26 @@ def test_quota_exhaustion_routes_away_then_429(world: World) -> None:
     assert 0 < info.value.retry_after <= 3600
     world.clock.now += 3700
     assert world.route().model_id in CHAT_MODELS
+
+
+def test_quota_is_why_none_can_serve_even_beside_disabled_and_unhealthy_models(world: World) -> None:
+    alpha, beta, gamma = CHAT_MODELS
+    world.registry.set_enabled(alpha, False)
+    for _ in range(3):
+        world.health.record(beta, False, world.clock.now, reason="worker crashed")
+    world.quota.set_limits(f"model:{gamma}", Limits(requests_per_hour=1))
+    world.quota.record(gamma, None, 1)
+    with pytest.raises(QuotaExceeded) as info:
+        world.route()
+    assert 0 < info.value.retry_after <= 3600
+
+
+def test_an_unhealthy_model_asked_by_name_says_when_to_retry(world: World) -> None:
+    for _ in range(3):
+        world.health.record("alpha:q4_0", False, world.clock.now, reason="worker crashed")
+    with pytest.raises(ModelUnavailable, match="worker crashed") as info:
+        world.route(model="alpha:q4_0")
+    assert info.value.retry_after is not None and 0 < info.value.retry_after <= 30
 
 
 def test_unhealthy_model_is_skipped_and_returns_after_cooldown(world: World) -> None:

@@ -277,10 +277,10 @@ class HealthBook:
         return breaker
 
     def on_finished(self, finished: Finished) -> None:
-        """A request's result counts when it says something about the model: a success, or a failure with a
-        reason (a client that went away says nothing)."""
+        """A request's result counts when it says something about the model: a success, or the model's own
+        failure (5xx). A request's own fault (4xx) and a client that went away (499) say nothing about it."""
         outcome = finished.outcome
-        if outcome.ok or outcome.error is not None:
+        if outcome.ok or finished.status >= 500:
             self.record_request(finished.decision.model_id, outcome.ok, finished.ended_at,
                                 latency_s=outcome.ttft_s, reason=outcome.error)
 

@@ -192,8 +192,9 @@ class RequestRouter:
                             ModelUnavailable(f"The files of model '{entry.id}' are missing: {entry.path}"))
         if not self._health.allow(entry.id, now, claim=False):
             why = self._health.reason(entry.id) or self._health.shown(entry.id)[1] or "failing"
-            raise _Filtered(f"unhealthy: {why}",
-                            ModelUnavailable(f"The model '{entry.id}' is unhealthy ({why}); retry later"))
+            retry = self._health.retry_in(entry.id, now)
+            raise _Filtered(f"unhealthy: {why}", ModelUnavailable(
+                f"The model '{entry.id}' is unhealthy ({why}); retry later", retry_after=retry or None))
         lacking = sorted(request.hard - set(entry.capabilities))
         if lacking:
             raise _Filtered(f"lacks {', '.join(lacking)}", CapabilityMissing(
@@ -245,8 +246,10 @@ def _no_candidate(entries: list[ModelEntry], request: RouteRequest, errors: list
     if not any(request.hard <= set(e.capabilities) for e in usable):
         return CapabilityMissing(f"No single available model has all of: {', '.join(sorted(request.hard))}",
                                  param="capabilities")
+    # Quota is why no candidate can serve when any capable model is held back by it alone: the client should
+    # come back when the first quota frees up (429, Retry-After), whatever keeps the other models away now.
     quota = [e for e in errors if isinstance(e, QuotaExceeded)]
-    if quota and all(isinstance(e, (QuotaExceeded, CapabilityMissing)) for e in errors):
+    if quota:
         retry = min(e.retry_after for e in quota)
         return QuotaExceeded(f"Every model that can serve this request has used its hourly quota; retry in "
                              f"{retry:.0f} s", retry_after=retry)

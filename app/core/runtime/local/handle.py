@@ -184,7 +184,7 @@ class WorkerHandle:
                 if kind == "error":
                     finished = True
                     if message.get("invalid"):
-                        raise InvalidRequest(message["message"])
+                        raise InvalidRequest(message["message"], code=message.get("code"))
                     raise ModelUnavailable(f"Model '{self.model_id}' failed: {message['message']}")
                 if kind == "done":
                     finished = True

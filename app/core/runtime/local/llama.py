@@ -16,10 +16,13 @@ and the Llama internals of the 0.3 line, hence the `<0.4` bound in pyproject.tom
   replay the prompt's last token, so setting it there is harmless.
 - `llama_cpp.llama_set_n_threads` with `Llama.n_threads` / `Llama.n_threads_batch`: threads change
   between jobs.
+- `Llama.__init__` takes its model parameters from `llama_cpp.llama_cpp.llama_model_default_params()`, looked up when
+  it runs: on CPUs with AMX the worker swaps in defaults with `use_extra_bufts` off (see `_model_defaults`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,7 +54,8 @@ class MeteredLlama(Llama):
         # answers a fresh prompt wrongly on some AVX2 CPUs (0.3.36: SmolLM2 at temperature 0 says "La femme de
         # France..." to the capital of France, and "Paris" once the prompt is decoded one token at a time).
         kwargs.setdefault("flash_attn", True)
-        super().__init__(model_path, **kwargs)
+        with _model_defaults(use_extra_bufts=not _cpu_has_amx()):
+            super().__init__(model_path, **kwargs)
 
     def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:  # type: ignore[override]
         tokens = list(tokens)
@@ -115,3 +119,35 @@ class MeteredLlama(Llama):
             "total_tokens": prompt + stats.completion_tokens,
             "cached_tokens": max(0, prompt - evaluated),
         }
+
+
+def _cpu_has_amx() -> bool:
+    """Intel AMX (Sapphire Rapids and later). llama.cpp 0.3.36's AMX weight buffers crash the first decode of
+    a Q4_1 model there (SIGSEGV in llama_decode, with or without flash attention, any thread count); with extra
+    buffer types off the same build answers correctly, on the plain AVX-512 kernels."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as cpuinfo:
+            return any(line.startswith("flags") and " amx_tile" in line for line in cpuinfo)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _model_defaults(*, use_extra_bufts: bool) -> Iterator[None]:
+    """Llama.__init__ has no argument for llama_model_params.use_extra_bufts: change the defaults it reads."""
+    if use_extra_bufts:
+        yield
+        return
+    bindings = llama_cpp.llama_cpp  # the module Llama.__init__ looks the function up in
+    original = bindings.llama_model_default_params
+
+    def defaults() -> Any:
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    bindings.llama_model_default_params = defaults
+    try:
+        yield
+    finally:
+        bindings.llama_model_default_params = original

@@ -16,8 +16,40 @@ import sys
 import threading
 from typing import Any, BinaryIO
 
+import jinja2
+
 from app.core.runtime.local.llama import MeteredLlama
 from app.core.runtime.local.prompt_cache import PromptCache
+
+
+class Refused(Exception):
+    """A request the model cannot serve as given (its conversation, template, grammar or schema); `code` says which."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    @classmethod
+    def of(cls, exc: Exception) -> Refused:
+        if isinstance(exc, Refused):
+            return exc
+        # llama-cpp-python renders GGUF templates in jinja2's immutable sandbox: reaching for Python internals
+        # raises SecurityError, and the template never runs arbitrary code.
+        if isinstance(exc, jinja2.exceptions.SecurityError):
+            return cls(f"The model's chat template was refused: {exc}", "template_refused")
+        if isinstance(exc, jinja2.TemplateError) or _raised_in_template(exc):
+            return cls(f"The model's chat template cannot render this conversation: {exc}", "template_error")
+        return cls(f"{type(exc).__name__}: {exc}" if not isinstance(exc, ValueError) else str(exc), "invalid_request")
+
+
+def _raised_in_template(exc: Exception) -> bool:
+    """Raised by the template itself: its raise_exception(...) is a ValueError from a frame of compiled jinja."""
+    frame = exc.__traceback__
+    while frame is not None:
+        if frame.tb_frame.f_code.co_filename == "<template>":
+            return True
+        frame = frame.tb_next
+    return False
 
 
 class Worker:
@@ -74,10 +106,12 @@ class Worker:
                     self._run(job)
             except BrokenPipeError:
                 return
+            except Refused as exc:
+                self.send({"id": job_id, "type": "error", "invalid": True, "code": exc.code, "message": str(exc)})
             except ValueError as exc:
-                # llama-cpp-python's way of rejecting a request (prompt longer than the context, bad grammar...).
+                # llama-cpp-python's way of rejecting a request once it runs (prompt longer than the context...).
                 self.send({"id": job_id, "type": "error", "invalid": True, "message": str(exc)})
-            except Exception as exc:  # a bad request must not kill the model; report it to the caller
+            except Exception as exc:  # the model failed; the worker lives on and reports it to the caller
                 self.send({"id": job_id, "type": "error", "message": f"{type(exc).__name__}: {exc}"})
             finally:
                 self._cancelled.discard(job_id)
@@ -91,13 +125,24 @@ class Worker:
             result = self.llm.create_embedding(**params)
             self.send({"id": job_id, "type": "done", "result": result})
             return
-        if op == "chat":
+        try:
+            # Rendering the chat template, building a grammar from a schema and tokenizing happen here, before any
+            # token is decoded: whatever fails now failed because of this request, never because of the model.
             # With stream=True, a generator of chunk dicts (the library's annotations cover both modes).
-            stream: Any = self.llm.create_chat_completion(**params, stream=True)
-        elif op == "completion":
-            stream = self.llm.create_completion(**params, stream=True)
-        else:
-            raise ValueError(f"unknown operation {op!r}")
+            vocabulary = self.llm.n_vocab()
+            if any(int(token) >= vocabulary for token in params.get("logit_bias") or ()):
+                raise ValueError(f"logit_bias names a token id beyond this model's vocabulary of {vocabulary}")
+            if op == "chat":
+                if any(isinstance(m.get("content"), list) for m in params.get("messages", ())):
+                    raise Refused("This model's worker does not read images (its projector is not loaded)",
+                                  "unsupported_content")
+                stream: Any = self.llm.create_chat_completion(**params, stream=True)
+            elif op == "completion":
+                stream = self.llm.create_completion(**params, stream=True)
+            else:
+                raise ValueError(f"unknown operation {op!r}")
+        except Exception as exc:
+            raise Refused.of(exc) from exc
         finish_reason = None
         for chunk in stream:
             if job_id in self._cancelled or self._closing.is_set():
