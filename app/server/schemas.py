@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.core.errors import InvalidRequest
 
@@ -22,11 +22,25 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class JsonSchemaFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str | None = None
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     type: Literal["text", "json_object", "json_schema"]
-    json_schema: dict[str, Any] | None = None
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormat:
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("a json_schema response format needs its 'json_schema' object")
+        return self
 
 
 class Message(BaseModel):
@@ -148,7 +162,7 @@ class ChatCompletionRequest(_Sampling):
             params["max_tokens"] = self.max_completion_tokens
         params["messages"] = [m.for_template(f"messages[{i}]") for i, m in enumerate(self.messages)]
         if self.response_format is not None and self.response_format.type != "text":
-            params["response_format"] = self.response_format.model_dump(exclude_none=True)
+            params["response_format"] = self.response_format.model_dump(exclude_none=True, by_alias=True)
         if self.tools:
             params["tools"] = self.tools
             if self.tool_choice is not None:

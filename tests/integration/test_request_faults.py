@@ -3,6 +3,7 @@ requests and hostile chat templates get 400s, and the model they were sent to an
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,6 +117,26 @@ def test_a_template_that_refuses_a_conversation_is_a_400_with_its_reason(served:
     assert error["code"] == "template_error" and "must alternate" in error["message"]
 
 
+def test_a_json_schema_constrains_the_answer(served: Served, default_id: str) -> None:
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}
+    response = _chat(served, {"model": default_id, "max_tokens": 40, "messages": [SYSTEM, QUESTION],
+                              "response_format": {"type": "json_schema",
+                                                  "json_schema": {"name": "answer", "schema": schema}}})
+    assert response.status_code == 200, response.text
+    answer = json.loads(response.json()["choices"][0]["message"]["content"])
+    assert set(answer) == {"city"} and isinstance(answer["city"], str)
+
+
+@pytest.mark.parametrize("response_format", [
+    {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}},
+    {"type": "json_schema", "json_schema": {"name": "x", "schema": {"$ref": "#/$defs/missing"}}},
+])
+def test_a_schema_that_cannot_be_a_grammar_is_a_400(served: Served, default_id: str, response_format: dict) -> None:
+    error = _error(_chat(served, {"model": default_id, "messages": [QUESTION], "response_format": response_format}),
+                   400)
+    assert error["code"] == "invalid_schema" and "schema" in error["message"]
+
+
 def test_twenty_hostile_requests_then_a_normal_answer_at_once(served: Served, default_id: str) -> None:
     long_prompt = {"role": "user", "content": "word " * 20000}  # far beyond the loaded context
     hostile: list[dict[str, Any]] = [
@@ -129,13 +150,13 @@ def test_twenty_hostile_requests_then_a_normal_answer_at_once(served: Served, de
         {"messages": [QUESTION], "max_tokens": 0},
         {"messages": [QUESTION], "temperature": 7},
         {"messages": [QUESTION], "response_format": {"type": "xml"}},
+        {"messages": [QUESTION], "response_format": {"type": "json_schema"}},
         {"messages": [QUESTION], "stop": ["a", "b", "c", "d", "e"]},
         {"messages": [QUESTION], "n": 3},
         {"messages": [QUESTION], "logit_bias": {"not-a-token": 5}},
         {"messages": [QUESTION], "logit_bias": {"99999999": 5}},
         {"messages": [{"role": "tool", "content": "x"}]},
         {"messages": [{"role": "assistant", "content": None}]},
-        {"messages": [QUESTION], "top_p": 0},
         {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
         {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
         {"messages": [QUESTION], "stream": "sometimes"},

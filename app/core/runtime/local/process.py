@@ -18,7 +18,9 @@ from typing import Any, BinaryIO
 
 import jinja2
 
+from app.core.runtime.local.grammar import SchemaRefused, grammar_for
 from app.core.runtime.local.llama import MeteredLlama
+from app.core.runtime.local.llama_log import LlamaLog
 from app.core.runtime.local.prompt_cache import PromptCache
 
 
@@ -35,6 +37,8 @@ class Refused(Exception):
             return exc
         # llama-cpp-python renders GGUF templates in jinja2's immutable sandbox: reaching for Python internals
         # raises SecurityError, and the template never runs arbitrary code.
+        if isinstance(exc, SchemaRefused):
+            return cls(str(exc), "invalid_schema")
         if isinstance(exc, jinja2.exceptions.SecurityError):
             return cls(f"The model's chat template was refused: {exc}", "template_refused")
         if isinstance(exc, jinja2.TemplateError) or _raised_in_template(exc):
@@ -73,6 +77,7 @@ class Worker:
             n_gpu_layers=spec.get("n_gpu_layers", 0),
             embedding=spec.get("embedding", False),
             seed=spec.get("seed", 0xFFFFFFFF),
+            # llama-cpp-python's own prints stay off (they come per request); llama.cpp's log goes through LlamaLog.
             verbose=False,
         )
         if spec.get("prompt_cache_bytes"):
@@ -136,6 +141,8 @@ class Worker:
                 if any(isinstance(m.get("content"), list) for m in params.get("messages", ())):
                     raise Refused("This model's worker does not read images (its projector is not loaded)",
                                   "unsupported_content")
+                if "response_format" in params:
+                    params = {**params, "grammar": grammar_for(params.pop("response_format"))}
                 stream: Any = self.llm.create_chat_completion(**params, stream=True)
             elif op == "completion":
                 stream = self.llm.create_completion(**params, stream=True)
@@ -160,11 +167,17 @@ def main(argv: list[str]) -> int:
     sock = socket.socket(fileno=int(argv[1]))
     worker = Worker(sock)
     spec = json.loads(worker._rfile.readline() or b"{}")
+    # stderr is the model's log file (see WorkerHandle.start).
+    log = LlamaLog(sys.stderr.fileno())
+    log.note(f"worker {os.getpid()} loading {spec.get('model_path')}")
     try:
         worker.load(spec)
     except Exception as exc:
-        worker.send({"type": "load_error", "message": f"{type(exc).__name__}: {exc}"})
+        # llama-cpp-python only says "Failed to load model from file"; llama.cpp's first error says why.
+        said = f" (llama.cpp: {log.first_error})" if log.first_error else ""
+        worker.send({"type": "load_error", "message": f"{type(exc).__name__}: {exc}{said}"})
         return 1
+    log.serving()
     assert worker.llm is not None
     worker.send({"type": "ready", "pid": os.getpid(), "n_ctx": worker.llm.n_ctx()})
     worker.serve()
