@@ -1,4 +1,4 @@
-"""The `switchboard` command: the desktop app (gui), serve (headless), scan, route."""
+"""The `switchboard` command: the desktop app (gui), serve (headless), scan, route, keys."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app import __version__
 from app.core.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    from app.core.keys import ApiKey
 
 
 def _server_options(parser: argparse.ArgumentParser) -> None:
@@ -45,7 +49,70 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--session", help="a session key (as the x-session-id header)")
     route.add_argument("--url", help="the running server (default http://127.0.0.1:PORT from the config)")
     route.add_argument("--api-key", help="the server's API key (or SWITCHBOARD_API_KEY)")
+    _keys_parser(commands.add_parser("keys", help="add, list and revoke the API keys clients send"))
     return parser
+
+
+def _keys_parser(keys: argparse.ArgumentParser) -> None:
+    from app.core.keys import SCOPES, KeySpec
+
+    field = KeySpec.model_fields
+    actions = keys.add_subparsers(dest="action", required=True)
+    add = actions.add_parser("add", help="create a key and print its secret (shown this once only)")
+    add.add_argument("name", help=field["name"].description)
+    add.add_argument("--scope", choices=SCOPES, default=field["scope"].default, help=field["scope"].description)
+    add.add_argument("--tokens-per-hour", type=int, metavar="N", help=field["tokens_per_hour"].description)
+    add.add_argument("--requests-per-hour", type=int, metavar="N", help=field["requests_per_hour"].description)
+    listing = actions.add_parser("list", help="the keys: name, scope, created, last used, quotas (never a secret)")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    revoke = actions.add_parser("revoke", help="delete a key: requests sending it get 401 at once")
+    revoke.add_argument("name")
+
+
+def _keys(args: argparse.Namespace, config: Config) -> int:
+    """Works on the store itself, so it needs no running server (and a running one sees the change at once)."""
+    from app.core import paths
+    from app.core.errors import SwitchboardError
+    from app.core.keys import KeyRing, KeySpec
+    from app.core.routing.quota import QuotaManager
+    from app.core.storage.store import Store
+
+    store = Store(paths.database_path())
+    ring = KeyRing(store, QuotaManager(store), config)
+    try:
+        if args.action == "add":
+            key, secret = ring.add(KeySpec.parse(name=args.name, scope=args.scope,
+                                                 tokens_per_hour=args.tokens_per_hour,
+                                                 requests_per_hour=args.requests_per_hour))
+            print(f"Created the {key.scope} key '{key.name}'. Its secret, shown this once only:", file=sys.stderr)
+            print(secret)
+        elif args.action == "revoke":
+            ring.revoke(args.name)
+            print(f"Revoked the key '{args.name}'")
+        elif args.json:
+            print(json.dumps(ring.report(), indent=2))
+        else:
+            print(_keys_table(ring.all()))
+    except SwitchboardError as exc:
+        print(f"switchboard: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def _keys_table(keys: list[ApiKey]) -> str:
+    if not keys:
+        return "No API keys are stored (switchboard keys add NAME creates one)"
+
+    def when(t: float | None) -> str:
+        return "never" if t is None else time.strftime("%Y-%m-%d %H:%M", time.localtime(t))
+
+    rows = [("NAME", "SCOPE", "CREATED", "LAST USED", "TOKENS/H", "REQUESTS/H")]
+    rows += [(k.name, k.scope, when(k.created), when(k.last_used), str(k.limits.tokens_per_hour or "-"),
+              str(k.limits.requests_per_hour or "-")) for k in keys]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
 def _route(args: argparse.Namespace, config: Config) -> int:
@@ -119,7 +186,8 @@ def _scan(args: argparse.Namespace, config: Config) -> int:
     from app.core.catalog.discovery import report
     from app.core.catalog.discovery.scan import scan, scan_paths
 
-    result = scan_paths(args.paths) if args.paths else scan(extra_dirs=config.model_dirs)
+    result = scan_paths(args.paths, check_architectures=True) if args.paths else \
+        scan(extra_dirs=config.model_dirs, check_architectures=True)
     if args.json:
         print(json.dumps(report.to_json(result), indent=2))
     else:
@@ -169,6 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _scan(args, config)
     if args.command == "route":
         return _route(args, config)
+    if args.command == "keys":
+        return _keys(args, config)
     if args.command == "serve":
         return _serve(config)
     if args.command == "gui":

@@ -9,10 +9,9 @@ health book, the quota, the metrics, the decision log and the A/B experiments.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from app.core import paths
@@ -26,9 +25,9 @@ from app.core.errors import (
     ModelNotFound,
     ModelUnavailable,
     QueueFull,
-    RequestTimeout,
     SwitchboardError,
 )
+from app.core.job import Job, holding, timeout_error
 from app.core.observe.decisions import DecisionLog
 from app.core.observe.experiments import Arm, Experiments
 from app.core.observe.metrics import Metrics, ModelSnapshot
@@ -63,6 +62,8 @@ class Engine:
         # Health has one owner: the pool reports its workers' lifecycle to the book, and a model leaving the
         # catalog leaves the book.
         self.pool.on_worker_state = self.health.worker_changed
+        # A load that failed because of the files is remembered with the model, across restarts.
+        self.pool.on_load_result = self.registry.set_load_failure
         self.registry.subscribe(self._forget_removed)
         self.experiments = Experiments(self.store)
         self.decisions = DecisionLog(self.store)
@@ -97,6 +98,7 @@ class Engine:
                 extra_dirs=tuple(self.config.model_dirs),
                 sources=sources,
                 default_folders=self.config.discovery,
+                check_architectures=True,
             )
             # Only a scan of every source may conclude that a model is gone.
             self.registry.sync(result.models, complete=self.config.discovery)
@@ -177,22 +179,18 @@ class Engine:
                 return await self._start(decision, place, request, op, params, started, deadline)
         except TimeoutError:
             place.release()
-            failure = self.timeout_error(decision)
+            failure = timeout_error(decision, self.config.request_timeout_s)
             self._record_failure(decision, failure)
             raise failure from None
         except BaseException:
             place.release()
             raise
 
-    def timeout_error(self, decision: RoutingDecision) -> RequestTimeout:
-        return RequestTimeout(f"The request to '{decision.model_id}' did not finish within "
-                              f"{self.config.request_timeout_s:g} s (request_timeout_s); it was cancelled")
-
     async def _start(self, decision: RoutingDecision, place: Place, request: RouteRequest, op: str,
                      params: dict[str, Any], started: float, deadline: float) -> Job:
         entry = self.registry.resolve(decision.model_id)
         handle = await self.pool.acquire(entry, decision.replica)
-        messages = _holding(place, handle.run(op, params))
+        messages = holding(place, handle.run(op, params))
         try:
             first = await anext(messages)
         except BaseException:
@@ -206,13 +204,14 @@ class Engine:
                               strategy=decision.strategy, reason=decision.reason,
                               total_score=decision.total_score,
                               candidates=decision.explain()["candidates"], retried=decision.retried_from is not None)
-        return Job(self, decision, request, messages, first, started, deadline)
+        return Job(decision, request, messages, first, started, deadline, timeout_s=self.config.request_timeout_s,
+                   on_end=self.finish)
 
     def _record_failure(self, decision: RoutingDecision, failure: SwitchboardError) -> None:
         self.health.record_request(decision.model_id, False, time.monotonic(), reason=failure.message)
 
-    def finish(self, job: Job, outcome: Outcome, status: int) -> None:
-        finished = Finished(job.decision, job.request, outcome, status, time.monotonic())
+    def finish(self, decision: RoutingDecision, request: RouteRequest, outcome: Outcome, status: int) -> None:
+        finished = Finished(decision, request, outcome, status, time.monotonic())
         for observer in self.observers:
             observer(finished)
 
@@ -261,7 +260,11 @@ class Engine:
 
     # -- health ------------------------------------------------------------------------------
     def model_health(self, model_id: str) -> tuple[Health, str | None]:
-        """The model's health and why, as the health book shows it."""
+        """The model's health and why: unhealthy while a load failure is remembered (from before a restart too),
+        else as the health book shows it."""
+        entry = self.registry.get(model_id)
+        if entry is not None and entry.load_failure is not None:
+            return Health.UNHEALTHY, entry.load_failure.reason
         return self.health.shown(model_id)
 
     def shown_health(self, model_id: str) -> tuple[str, str | None]:
@@ -340,73 +343,3 @@ def _remote_probe(engine: Engine, model_id: str) -> Probe:
         return await handle.probe()  # type: ignore[union-attr]
 
     return probe
-
-
-class Job:
-    """One running request: its decision, and the worker's messages as they arrive."""
-
-    def __init__(self, engine: Engine, decision: RoutingDecision, request: RouteRequest,
-                 messages: AsyncIterator[dict[str, Any]], first: dict[str, Any], started: float,
-                 deadline: float) -> None:
-        self.engine = engine
-        self.decision = decision
-        self.request = request
-        self._messages = messages
-        self._first = first
-        self._started = started
-        self._deadline = deadline  # the loop's time by which the request must have ended
-
-    async def stream(self) -> AsyncIterator[dict[str, Any]]:
-        """Every message, the first included. Reports the outcome when the job ends, however it ends.
-
-        The status says whose fault an error was: 400 the request's, 503 and 504 the model's (only those count
-        against its health)."""
-        ttft: float | None = None
-        usage: dict[str, int] = {}
-        error: str | None = None
-        status = 499  # the client went away before the end, unless we learn otherwise
-        try:
-            async with contextlib.aclosing(self._messages):  # type: ignore[type-var]
-                message = self._first
-                while True:
-                    if ttft is None and message["type"] in ("chunk", "done"):
-                        ttft = time.monotonic() - self._started
-                    if message["type"] == "done":
-                        usage = message.get("usage") or _embedding_usage(message)
-                        status = 200
-                        yield message
-                        return
-                    yield message
-                    try:
-                        async with asyncio.timeout_at(self._deadline):
-                            message = await anext(self._messages)
-                    except TimeoutError:
-                        raise self.engine.timeout_error(self.decision) from None
-        except SwitchboardError as exc:
-            error = exc.message
-            status = 400 if isinstance(exc, InvalidRequest) else 504 if isinstance(exc, RequestTimeout) else 503
-            raise
-        finally:
-            outcome = Outcome(
-                ok=status == 200, ttft_s=ttft, duration_s=time.monotonic() - self._started,
-                prompt_tokens=usage.get("prompt_tokens", 0), completion_tokens=usage.get("completion_tokens", 0),
-                cached_tokens=usage.get("cached_tokens", 0), error=error,
-            )
-            self.engine.finish(self, outcome, status)
-
-
-async def _holding(place: Place,
-                   messages: AsyncGenerator[dict[str, Any], None]) -> AsyncGenerator[dict[str, Any], None]:
-    """The worker's messages; the queue place is freed when they end, however they end (unread ones too, when the
-    loop finalizes the abandoned generator)."""
-    try:
-        async with contextlib.aclosing(messages):
-            async for message in messages:
-                yield message
-    finally:
-        place.release()
-
-
-def _embedding_usage(message: Mapping[str, Any]) -> dict[str, int]:
-    usage = (message.get("result") or {}).get("usage") or {}
-    return {"prompt_tokens": usage.get("prompt_tokens", 0), "completion_tokens": 0}

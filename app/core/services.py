@@ -16,8 +16,10 @@ from app.core import views
 from app.core.catalog.discovery.found import ScanResult
 from app.core.catalog.model import ModelEntry
 from app.core.config import Config, ConfigError
-from app.core.engine import Engine, Job
+from app.core.engine import Engine
 from app.core.errors import InvalidRequest, ModelNotFound
+from app.core.job import Job
+from app.core.keys import KeyRing
 from app.core.routing.health import Health
 from app.core.routing.quota import Limits, model_scope
 from app.core.routing.request import RouteRequest, RoutingDecision
@@ -75,6 +77,12 @@ class Models:
     def infos(self) -> list[dict[str, Any]]:
         return [views.model_info(self._engine, e) for e in self.all()]
 
+    async def details(self, name: str) -> dict[str, Any]:
+        """info, with the last lines of its worker log as `log_tail` (read in a thread, off the event loop)."""
+        entry = self.resolve(name)
+        tail = [] if entry.is_remote else await asyncio.to_thread(self._engine.pool.log_tail, entry)
+        return {**views.model_info(self._engine, entry), "log_tail": tail}
+
     def openai_object(self, entry: ModelEntry) -> dict[str, Any]:
         return views.model_object(self._engine, entry)
 
@@ -103,8 +111,12 @@ class Models:
 
     # -- running ---------------------------------------------------------------------------
     async def load(self, name: str) -> dict[str, Any]:
-        """Start every replica of the model (a remote backend has one handle); returns its info."""
+        """Start every replica of the model (a remote backend has one handle); returns its info.
+
+        Loading by hand is also how a model that failed to load is retried, as in LM Studio and Ollama: its
+        remembered failure is forgotten first."""
         entry = self.resolve(name)
+        self._engine.registry.set_load_failure(entry.id, None)
         for replica in range(1 if entry.is_remote else entry.replicas):
             await self._engine.pool.acquire(entry, replica)
         return views.model_info(self._engine, entry)
@@ -319,6 +331,8 @@ class Services:
         self.routing = Routing(engine)
         self.experiments = Experiments(engine)
         self.quota = Quota(engine)
+        # API keys with their quotas (app/core/keys.py), the config's api_key included.
+        self.keys = KeyRing(engine.store, engine.quota, engine.config)
         self.settings = Settings(engine)
 
     @classmethod

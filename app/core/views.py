@@ -36,6 +36,8 @@ def model_info(engine: Engine, entry: ModelEntry) -> dict[str, Any]:
         "default": entry.id == engine.registry.default_id,
         "health": health,
         "health_reason": health_reason,
+        # Why its files did not load (or cannot): it is not tried again until they change or it is loaded by hand.
+        "load_failure": None if entry.load_failure is None else entry.load_failure.reason,
         "use_count": entry.use_count,
         "last_used": entry.last_used,
         "versions": engine.registry.versions(entry.id),

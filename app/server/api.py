@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import hashlib
 import json
 import struct
 import time
@@ -75,11 +74,10 @@ def routes(services: Services) -> APIRouter:
 def route_request(request: Request, endpoint: str, body: Any) -> RouteRequest:
     """What the router needs to know about an HTTP request: the model, the inferred needs, who asks."""
     needs = translate(endpoint, body.model_dump(exclude_none=True))
-    auth = request.headers.get("authorization", "")
-    api_key_id = hashlib.sha256(auth[7:].strip().encode()).hexdigest()[:16] if auth[:7].lower() == "bearer " else None
+    # The Guard's name for the caller's key: quotas, pins and records name a key, never hold its secret.
     return RouteRequest(endpoint, body.model, tuple(body.capabilities or ()), needs,
                         session_key=request.headers.get("x-session-id") or body.user, user=body.user,
-                        api_key_id=api_key_id, request_id=request.state.request_id)
+                        api_key_id=request.state.api_key_name, request_id=request.state.request_id)
 
 
 def _route_headers(decision: RoutingDecision) -> dict[str, str]:

@@ -23,6 +23,6 @@ def create_app(services: Services) -> FastAPI:
                            allow_headers=["*"], expose_headers=["x-request-id", "x-switchboard-model",
                                                                 "x-switchboard-route"])
     # Added last, so it runs first: nothing reaches a route without passing it.
-    app.add_middleware(Guard, api_key=config.api_key, bind_host=config.host, allowed_hosts=config.allowed_hosts,
+    app.add_middleware(Guard, keys=services.keys, bind_host=config.host, allowed_hosts=config.allowed_hosts,
                        max_body_bytes=config.max_body_bytes)
     return app

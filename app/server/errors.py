@@ -89,4 +89,5 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return JSONResponse(envelope(str(exc.detail), type_), exc.status_code)
+        # Its headers are part of the answer: a 405 must say which methods are allowed (RFC 9110).
+        return JSONResponse(envelope(str(exc.detail), type_), exc.status_code, headers=exc.headers)

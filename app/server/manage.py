@@ -1,4 +1,4 @@
-"""The management API: models, router, experiments, decisions, quotas, dry-run routing, metrics, feedback.
+"""The management API: models, router, experiments, decisions, quotas, API keys, dry-run routing, metrics, feedback.
 
 The desktop window calls the same services in-process; this module only translates HTTP.
 """
@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from app.core.keys import KeySpec
 from app.core.routing.quota import Limits
 from app.core.services import Services
 from app.server.api import route_request
@@ -43,6 +44,7 @@ def routes(services: Services) -> APIRouter:
 
     @router.post("/models/{model_id:path}/load")
     async def load(model_id: str) -> dict[str, Any]:
+        # Also the retry of a model that failed to load: it forgets the failure and tries again.
         return await models.load(model_id)
 
     @router.post("/models/{model_id:path}/unload")
@@ -55,7 +57,7 @@ def routes(services: Services) -> APIRouter:
 
     @router.get("/models/{model_id:path}")
     async def get_model(model_id: str) -> dict[str, Any]:
-        return models.info(model_id)
+        return await models.details(model_id)
 
     @router.patch("/models/{model_id:path}")
     async def patch_model(model_id: str, body: ModelPatch) -> dict[str, Any]:
@@ -113,6 +115,20 @@ def routes(services: Services) -> APIRouter:
     @router.get("/quota")
     async def quota() -> dict[str, Any]:
         return services.quota.all_usage()
+
+    @router.get("/keys")
+    async def list_keys() -> dict[str, Any]:
+        return {"data": services.keys.report()}
+
+    @router.post("/keys")
+    async def create_key(body: KeySpec) -> dict[str, Any]:
+        key, secret = services.keys.add(body)
+        return {**key.as_dict(), "secret": secret}  # the only time it is shown
+
+    @router.delete("/keys/{name}")
+    async def revoke_key(name: str) -> dict[str, Any]:
+        services.keys.revoke(name)
+        return {"name": name, "revoked": True}
 
     return router
 

@@ -12,18 +12,21 @@ import uvicorn
 from app.core.config import Config
 from app.core.services import Services
 from app.server.app import create_app
-from app.server.guard import is_loopback
+from app.server.guard import HeadLimitProtocol, is_loopback
 
 
 class StartupError(Exception):
     pass
 
 
-def check_exposure(config: Config) -> None:
-    """Refuse to listen beyond this machine without an API key."""
-    if not is_loopback(config.host) and not config.api_key:
+def check_exposure(services: Services) -> None:
+    """Refuse to listen beyond this machine unless a key guards the management API: the config's api_key or a
+    stored admin key."""
+    host = services.config.host
+    if not is_loopback(host) and not services.keys.exists(scope="admin"):
         raise StartupError(
-            f"Refusing to listen on {config.host} without an API key: pass --api-key or set SWITCHBOARD_API_KEY"
+            f"Refusing to listen on {host} without an API key: pass --api-key, set SWITCHBOARD_API_KEY, or add an "
+            "admin key (switchboard keys add NAME --scope admin)"
         )
 
 
@@ -49,17 +52,20 @@ def bind(config: Config) -> socket.socket:
 def make_server(services: Services) -> uvicorn.Server:
     """A uvicorn server that leaves signals to its host (the CLI or the Qt app) and never takes over logging."""
     app = create_app(services)
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=5)
-    )
+    server = uvicorn.Server(uvicorn.Config(app, http=HeadLimitProtocol, log_config=None, access_log=False,
+                                           lifespan="off", timeout_graceful_shutdown=5))
     server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign, assignment]
     return server
 
 
 async def serve(config: Config, *, announce: bool = True) -> None:
-    check_exposure(config)
-    sock = bind(config)
     services = Services.create(config)
+    try:
+        check_exposure(services)
+        sock = bind(config)
+    except StartupError:
+        services.close_store()
+        raise
     try:
         await services.start()
         server = make_server(services)

@@ -7,6 +7,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from app.core.errors import InvalidRequest
+from app.core.routing.quota import MAX_LIMIT
+
+# Far beyond any model's trained context; keeps a remote backend's declared context a sane integer.
+MAX_CONTEXT = 2**24
 
 
 class _Body(BaseModel):
@@ -171,7 +175,7 @@ class ChatCompletionRequest(_Sampling):
 
 
 class CompletionRequest(_Sampling):
-    prompt: str | list[str]
+    prompt: str | list[str] = Field(min_length=1)
     # OpenAI's default for the legacy completions endpoint.
     max_tokens: int | None = Field(default=16, ge=1)
     echo: bool = False
@@ -181,6 +185,9 @@ class CompletionRequest(_Sampling):
     def _one_prompt(cls, value: str | list[str]) -> str | list[str]:
         if isinstance(value, list) and len(value) != 1:
             raise ValueError("exactly one prompt is supported per request")
+        # llama.cpp has nothing to continue from an empty prompt (a model without a BOS token asserts).
+        if (value if isinstance(value, str) else value[0]) == "":
+            raise ValueError("the prompt must not be empty")
         return value
 
     def params(self) -> dict[str, Any]:
@@ -211,8 +218,8 @@ class EmbeddingRequest(_Body):
 class QuotaBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tokens_per_hour: int | None = Field(default=None, ge=1)
-    requests_per_hour: int | None = Field(default=None, ge=1)
+    tokens_per_hour: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
+    requests_per_hour: int | None = Field(default=None, ge=1, le=MAX_LIMIT)
 
 
 class ModelPatch(BaseModel):
@@ -243,7 +250,7 @@ class RemoteBody(BaseModel):
     model: str
     api_key: str | None = None
     capabilities: list[str] = Field(default_factory=lambda: ["chat", "completion"])
-    context_length: int | None = Field(default=None, ge=1)
+    context_length: int | None = Field(default=None, ge=1, le=MAX_CONTEXT)
 
 
 class RouterBody(BaseModel):

@@ -178,12 +178,13 @@ class Desktop:
 
 def run_gui(config: Config) -> int:
     """`switchboard gui`: the window, the tray and the server in this process until the user quits."""
+    desktop = Desktop(config)
     try:
-        check_exposure(config)
+        check_exposure(desktop.services)
     except StartupError as exc:
         print(f"switchboard: {exc}", file=sys.stderr)
+        desktop.close_loop()
         return 2
-    desktop = Desktop(config)
 
     def on_signal(_signum: int, _frame: object) -> None:
         desktop.loop.call_soon_threadsafe(desktop.quit)

@@ -9,7 +9,6 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.support.servers import Served, start_server
 

@@ -53,6 +53,14 @@ def sb_keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     served.stop()
 
 
+# `python -m llama_cpp.server ARGS`, loading its model with the parameters this CPU needs (as our worker does).
+LLAMA_CPP_SERVER = ("import runpy, sys\n"
+                    "from app.core.runtime.local.llama import model_defaults\n"
+                    "sys.argv[0] = 'llama_cpp.server'\n"
+                    "with model_defaults():\n"
+                    "    runpy.run_module('llama_cpp.server', run_name='__main__')\n")
+
+
 class LlamaServer:
     """`python -m llama_cpp.server` in its own process group."""
 
@@ -61,7 +69,7 @@ class LlamaServer:
         self.log = tmp / f"llama-server-{self.port}.log"
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--host", "127.0.0.1",
+                [sys.executable, "-c", LLAMA_CPP_SERVER, "--model", str(model), "--host", "127.0.0.1",
                  "--port", str(self.port), "--n_ctx", "2048", "--flash_attn", "true"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )

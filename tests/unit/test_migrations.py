@@ -11,7 +11,8 @@ import pytest
 from app.core.storage import migrations
 from app.core.storage.store import Store
 
-TABLES = {"models", "settings", "quota_limits", "quota_usage", "decisions", "experiments", "experiment_samples"}
+TABLES = {"models", "settings", "quota_limits", "quota_usage", "decisions", "experiments", "experiment_samples",
+          "api_keys"}
 
 # The schema as Switchboard wrote it before PRAGMA user_version (frozen here: it must never follow the code).
 UNVERSIONED = """

@@ -2,15 +2,56 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.core.catalog import capabilities as caps
+from app.core.catalog.architectures import llama_version
 from app.core.catalog.discovery.found import FoundModel
 
 # The fields a scan (or the user, for a remote backend) determines; persisted as one JSON document.
 DISCOVERED = ("name", "tag", "source", "path", "paths", "parts", "projector", "display_name", "metadata",
                "inferred_capabilities", "remote")
+
+
+def file_state(paths: Iterable[str]) -> tuple[int, int]:
+    """The files as they are now: their total size and latest mtime (ns); a file that is gone counts as empty."""
+    size = mtime = 0
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        size, mtime = size + st.st_size, max(mtime, st.st_mtime_ns)
+    return size, mtime
+
+
+@dataclass(frozen=True, slots=True)
+class LoadFailure:
+    """Why a model's files failed to load, with those files and llama.cpp as they were then. It holds, and the model
+    is not tried again, until either changes or the user loads the model again: the same file fails the same way."""
+
+    reason: str
+    files: tuple[int, int]  # file_state of its files
+    llama: str  # llama_version()
+
+    @classmethod
+    def now(cls, reason: str, paths: Iterable[str]) -> LoadFailure:
+        return cls(reason, file_state(paths), llama_version())
+
+    def holds(self, paths: Iterable[str]) -> bool:
+        return self.files == file_state(paths) and self.llama == llama_version()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "size": self.files[0], "mtime_ns": self.files[1], "llama": self.llama}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> LoadFailure | None:
+        if not data:
+            return None
+        return cls(str(data["reason"]), (int(data["size"]), int(data["mtime_ns"])), str(data["llama"]))
 
 
 @dataclass(slots=True)
@@ -39,13 +80,17 @@ class ModelEntry:
     replicas: int = 1
     # For a remote OpenAI-compatible backend: its RemoteSpec as a dict; None for local models.
     remote: dict[str, Any] | None = None
+    # Why its files did not load (or cannot, as a scan found), remembered across restarts; None: nothing known.
+    load_failure: LoadFailure | None = None
 
     @property
     def is_remote(self) -> bool:
         return self.remote is not None
 
     def options(self) -> dict[str, Any]:
-        return {"weight": self.weight, "fallbacks": self.fallbacks, "replicas": self.replicas}
+        """What the store keeps in the model's options: the routing options, and the remembered load failure."""
+        return {"weight": self.weight, "fallbacks": self.fallbacks, "replicas": self.replicas,
+                "load_failure": None if self.load_failure is None else self.load_failure.to_dict()}
 
     @property
     def capabilities(self) -> list[str]:
@@ -80,6 +125,7 @@ def entry_from_found(found: FoundModel) -> ModelEntry:
         "size": found.size or header.file_size,
         "general_name": header.name,
     }
+    parts = list(found.parts) or [found.path]
     return ModelEntry(
         id=found.id,
         name=found.name,
@@ -87,9 +133,10 @@ def entry_from_found(found: FoundModel) -> ModelEntry:
         source=found.source,
         path=found.path,
         paths=[found.path],
-        parts=list(found.parts) or [found.path],
+        parts=parts,
         projector=found.projector,
         display_name=found.display_name or header.name or found.name,
         metadata=meta,
         inferred_capabilities=caps.infer(meta, has_projector=found.projector is not None),
+        load_failure=None if found.load_refusal is None else LoadFailure.now(found.load_refusal, parts),
     )

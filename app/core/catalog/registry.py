@@ -13,7 +13,7 @@ from typing import Any
 
 from app.core.catalog import capabilities as caps
 from app.core.catalog.discovery.found import FoundModel
-from app.core.catalog.model import DISCOVERED, ModelEntry, entry_from_found
+from app.core.catalog.model import DISCOVERED, LoadFailure, ModelEntry, entry_from_found
 from app.core.errors import InvalidRequest, ModelNotFound
 from app.core.storage.store import Store
 
@@ -71,7 +71,10 @@ class Registry:
 
     # -- discovery ---------------------------------------------------------------------------
     def sync(self, found: Iterable[FoundModel], *, complete: bool = True) -> None:
-        """Merge a scan. With `complete`, models not seen are marked missing (never forgotten)."""
+        """Merge a scan. With `complete`, models not seen are marked missing (never forgotten).
+
+        A remembered load failure is forgotten once its files (or llama.cpp) changed; what the scan itself found
+        llama.cpp cannot load is remembered as a load failure."""
         seen: dict[str, ModelEntry] = {}
         for item in found:
             fresh = entry_from_found(item)
@@ -83,16 +86,24 @@ class Registry:
             seen[fresh.id] = fresh
         writes: builtins.list[tuple[str, dict[str, Any], bool]] = []
         events: builtins.list[tuple[str, ModelEntry]] = []
+        failures_changed: builtins.list[ModelEntry] = []
         for model_id, fresh in seen.items():
             current = self._entries.get(model_id)
             if current is None:
                 self._entries[model_id] = fresh
                 writes.append((model_id, fresh.discovered(), False))
                 events.append(("added", fresh))
+                if fresh.load_failure is not None:
+                    failures_changed.append(fresh)
                 continue
             for name in DISCOVERED:
                 setattr(current, name, getattr(fresh, name))
             current.missing = False
+            remembered = current.load_failure
+            failure = remembered if remembered is not None and remembered.holds(current.parts) else fresh.load_failure
+            if failure != remembered:
+                current.load_failure = failure
+                failures_changed.append(current)
             writes.append((model_id, current.discovered(), False))
             events.append(("changed", current))
         if complete:
@@ -102,6 +113,8 @@ class Registry:
                     writes.append((model_id, entry.discovered(), True))
                     events.append(("changed", entry))
         self._store.upsert_models(writes)
+        for entry in failures_changed:
+            self._store.set_options(entry.id, entry.options())
         for event, entry in events:
             self._emit(event, entry)
 
@@ -201,6 +214,16 @@ class Registry:
         return entry
 
     # -- runtime ----------------------------------------------------------------------------
+    def set_load_failure(self, model_id: str, reason: str | None) -> None:
+        """Why the model's files failed to load: it is not tried again until they change or this is set to None
+        (it loaded, or the user retries it). Persisted."""
+        entry = self._entries.get(model_id)
+        if entry is None or entry.load_failure is None and reason is None:  # removed while it loaded; no news
+            return
+        entry.load_failure = None if reason is None else LoadFailure.now(reason, entry.parts)
+        self._store.set_options(entry.id, entry.options())
+        self._emit("changed", entry)
+
     def record_use(self, model_id: str, when: float | None = None) -> None:
         entry = self._entries[model_id]
         entry.use_count += 1
@@ -224,6 +247,7 @@ class Registry:
                 weight=row["options"].get("weight", 1.0),
                 fallbacks=row["options"].get("fallbacks", []),
                 replicas=row["options"].get("replicas", 1),
+                load_failure=LoadFailure.from_dict(row["options"].get("load_failure")),
                 capabilities_override=row["capabilities"],
                 aliases=row["aliases"],
                 enabled=row["enabled"],

@@ -30,6 +30,10 @@ _UPSERT = (
 )
 
 
+# The largest limit: SQLite's largest INTEGER, the type limits are stored as.
+MAX_LIMIT = 2**63 - 1
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Per-window limits; None means unlimited. The names say "per hour" because the window is an hour."""
@@ -42,8 +46,8 @@ class Limits:
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InvalidValue(f"{name} must be a positive integer or null (got {value!r})")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT:
+                raise InvalidValue(f"{name} must be a positive integer up to {MAX_LIMIT} or null (got {value!r})")
 
     @property
     def empty(self) -> bool:

@@ -190,6 +190,11 @@ class RequestRouter:
         if entry.missing:
             raise _Filtered("files missing",
                             ModelUnavailable(f"The files of model '{entry.id}' are missing: {entry.path}"))
+        if entry.load_failure is not None:
+            why = entry.load_failure.reason
+            raise _Filtered(f"not loadable: {why}", ModelUnavailable(
+                f"{why}. The model '{entry.id}' is not tried again until its file changes or it is loaded by hand "
+                f"(POST /api/models/{entry.id}/load)", param="model"))
         if not self._health.allow(entry.id, now, claim=False):
             why = self._health.reason(entry.id) or self._health.shown(entry.id)[1] or "failing"
             retry = self._health.retry_in(entry.id, now)

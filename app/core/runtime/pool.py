@@ -20,8 +20,8 @@ from app.core.catalog import capabilities as caps
 from app.core.catalog.model import ModelEntry
 from app.core.config import Config
 from app.core.errors import InsufficientMemory, ModelUnavailable
-from app.core.paths import data_dir
 from app.core.runtime import gpu
+from app.core.runtime.local import worker_log
 from app.core.runtime.local.handle import LoadSpec, WorkerHandle, WorkerState
 from app.core.runtime.placement import (
     ALL_LAYERS,
@@ -110,6 +110,9 @@ class ModelPool:
         # Told the worker key whenever a worker process ends (its caches, and what routing knew of them, are gone).
         self.on_worker_gone: Callable[[str], None] | None = None
         self.on_worker_state: WorkerListener | None = None
+        # Told (model_id, None) when a local worker loaded, (model_id, reason) when the model's files failed to load
+        # in a way they would again: not a timeout or a kill, and not while another worker of theirs runs.
+        self.on_load_result: Callable[[str, str | None], None] | None = None
         self.budget = config.memory_budget_bytes or int(psutil.virtual_memory().total * config.memory_budget_fraction)
 
     # -- queries ---------------------------------------------------------------------------
@@ -177,6 +180,10 @@ class ModelPool:
             return trained
         return context_for(entry.metadata, self._config.n_ctx) if trained else self._config.n_ctx
 
+    def log_tail(self, entry: ModelEntry) -> list[str]:
+        """The last lines of the model's most recently written worker log. Blocking: call it in a thread."""
+        return worker_log.tail(worker_log.path_of(worker_key(entry.id, r)) for r in range(entry.replicas))
+
     def memory_of(self, key: str) -> int:
         """The worker's resident memory as last sampled (reading it per request would cost a syscall each)."""
         return self._rss.get(key, 0)
@@ -241,18 +248,21 @@ class ModelPool:
             embedding=caps.EMBEDDINGS in entry.capabilities,
             prompt_cache_bytes=self._config.prompt_cache_bytes,
         )
-        log_dir = data_dir() / "logs"
-        log_dir.mkdir(exist_ok=True)
-        handle = WorkerHandle(entry.id, spec, replica=replica, log_path=log_dir / f"{_safe(key)}.log")
+        handle = WorkerHandle(entry.id, spec, replica=replica, log_path=worker_log.path_of(key))
         handle.on_state = self._worker_state
         try:
             await handle.start(self._config.load_timeout_s)
         except BaseException:  # a failed load (the handle is failed already) or one abandoned (it stops now)
             self._release(key)
             await handle.stop()
+            running = any(w.model_id == entry.id and w.alive for w in self._workers.values())
+            if handle.load_error is not None and not running and self.on_load_result is not None:
+                self.on_load_result(entry.id, handle.load_error)
             raise
         self._workers[key] = handle
         self._share_threads()
+        if self.on_load_result is not None:
+            self.on_load_result(entry.id, None)
         return handle
 
     async def _make_room_on_gpu(self, entry: ModelEntry, key: str) -> Placement:
@@ -375,7 +385,3 @@ class ModelPool:
 def _split_key(key: str) -> tuple[str, int]:
     model_id, sep, replica = key.rpartition("#")
     return (model_id, int(replica)) if sep and replica.isdigit() else (key, 0)
-
-
-def _safe(model_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id)

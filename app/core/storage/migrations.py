@@ -100,7 +100,18 @@ def _baseline(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE models ADD COLUMN options TEXT NOT NULL DEFAULT '{}'")
 
 
-STEPS: tuple[Step, ...] = (_baseline,)
+def _api_keys(db: sqlite3.Connection) -> None:
+    # core/keys.py: named API keys, only the SHA-256 of each secret; their quotas live in quota_limits.
+    db.execute("""CREATE TABLE api_keys (
+        name TEXT PRIMARY KEY,
+        digest TEXT NOT NULL UNIQUE,
+        scope TEXT NOT NULL,
+        created REAL NOT NULL,
+        last_used REAL
+    )""")
+
+
+STEPS: tuple[Step, ...] = (_baseline, _api_keys)
 
 
 def version(db: sqlite3.Connection) -> int:

@@ -17,8 +17,10 @@ FLUSH_INTERVAL_S = 0.2
 
 class Store:
     """A small SQLite store. User edits are written through; per-request bookkeeping (usage, decisions, quota
-    counts) is deferred and written in batches by a background thread, off the request path.
-    WAL without per-commit fsync keeps each write well under a millisecond."""
+    counts) is deferred and written in batches by a background thread, off the request path; each batch is one
+    transaction, so a crash loses at most the writes not yet flushed and never leaves half a batch.
+    WAL without per-commit fsync keeps each write well under a millisecond: a killed process loses no committed
+    write, and power loss at worst the last commits, never the database's consistency."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = str(path)
@@ -40,11 +42,14 @@ class Store:
             self._pending.append((sql, params))
 
     def flush(self) -> None:
-        with self._pending_lock:
-            pending, self._pending = self._pending, []
-        if not pending:
+        if not self._pending:  # the usual case on a read
             return
+        # The batch is taken under the connection's lock: two threads flushing at once commit in queue order.
         with self._lock:
+            with self._pending_lock:
+                pending, self._pending = self._pending, []
+            if not pending:
+                return
             self._db.execute("BEGIN")
             try:
                 for sql, params in pending:
@@ -81,6 +86,12 @@ class Store:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         self.flush()  # read your own deferred writes
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    def peek(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """A read that does not flush the deferred writes first: for the request path (API keys), reading rows
+        that are written through, so the read is current and never pays for a batch commit."""
         with self._lock:
             return self._db.execute(sql, params).fetchall()
 

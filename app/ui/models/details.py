@@ -1,11 +1,15 @@
-"""The Models tab's details pane: one model's info (Services.models.info, the API's model_info) as HTML."""
+"""The Models tab's details pane: one model's info (Services.models.info, the API's model_info) as HTML, with the
+last lines of its worker log (Services.models.details) once they are read."""
 
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from typing import Any
 
 from app.ui.models.table import human_bytes, when
+
+RETRY_LINK = "retry"  # the href of the link that loads a model that failed to load again
 
 _METADATA_LABELS = (
     ("general_name", "Name in file"),
@@ -24,7 +28,7 @@ _METADATA_LABELS = (
 )
 
 
-def details_html(info: dict[str, Any], budget: int) -> str:
+def details_html(info: dict[str, Any], budget: int, log_tail: Sequence[str] = ()) -> str:
     esc = html.escape
 
     def row(label: str, value: Any) -> str:
@@ -33,6 +37,9 @@ def details_html(info: dict[str, Any], budget: int) -> str:
     meta = info["metadata"] or {}
     parts = [f"<h3 style='margin-bottom:2px'>{esc(info['id'])}</h3>",
              f"<div style='color:#666'>{esc(info['display_name'])}</div>"]
+    if info["load_failure"]:  # the reason is the health's
+        parts.append("<p style='color:#c62828'>It did not load, and is not tried again until its file changes. "
+                     f"<a href='{RETRY_LINK}'>Retry loading</a></p>")
     if info["estimate_bytes"] is None:
         parts.append("<p>Remote backend: uses no local memory.</p>")
     else:
@@ -71,6 +78,10 @@ def details_html(info: dict[str, Any], budget: int) -> str:
         parts.append("<table cellspacing='0' cellpadding='1'>" + "".join(gguf) + "</table>")
     if info["remote"]:
         parts.append("<h4>Remote</h4><table>" + "".join(row(k, v) for k, v in info["remote"].items()) + "</table>")
+    if log_tail:
+        text = esc("\n".join(log_tail))
+        parts.append("<h4 style='margin-bottom:2px'>Worker log (last lines)</h4>"
+                     f"<pre style='font-size:small'>{text}</pre>")
     return "".join(parts)
 
 

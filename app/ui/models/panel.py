@@ -7,11 +7,12 @@ dialogs are opened with open() (never exec() inside a coroutine) and report thro
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QItemSelection, QSortFilterProxyModel, Qt, QTimer
+from PySide6.QtCore import QItemSelection, QSortFilterProxyModel, Qt, QTimer, QUrl
 from PySide6.QtGui import QAction
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -33,7 +34,7 @@ from PySide6.QtWidgets import (
 
 from app.core.errors import SwitchboardError
 from app.core.services import Services
-from app.ui.models.details import details_html
+from app.ui.models.details import RETRY_LINK, details_html
 from app.ui.models.table import ID_ROLE, SORT_ROLE, ModelsTableModel
 from app.ui.support import error_text, spawn
 
@@ -52,6 +53,9 @@ class ModelsPanel(QWidget):
         self.proxy.setFilterKeyColumn(-1)
         self.proxy.setFilterCaseSensitivity(Qt.CaseSensitivity.CaseInsensitive)
         self.busy_tasks = 0
+        # The selected model's worker log, as last read off the Qt thread: (model id, its last lines).
+        self.log_tail: tuple[str, list[str]] | None = None
+        self._log_read: asyncio.Task[None] | None = None
 
         self.filter = QLineEdit(placeholderText="Filter models (name, source, architecture, capability…)")
         self.filter.setClearButtonEnabled(True)
@@ -85,6 +89,7 @@ class ModelsPanel(QWidget):
 
         self.details = QTextBrowser()
         self.details.setOpenLinks(False)
+        self.details.anchorClicked.connect(self._link_clicked)
         self.details.setMinimumWidth(260)
 
         self.message = QLabel()
@@ -195,10 +200,31 @@ class ModelsPanel(QWidget):
         if entry is None:
             self.details.setHtml("<p style='color:gray'>Select a model to see its details.</p>")
             return
+        self._render_details(self.services.models.info(entry.id))
+        # Its log is read in a thread, then shown; one read at a time (the next refresh reads it again).
+        if self._log_read is None or self._log_read.done():
+            self._log_read = spawn(self._read_log(entry.id), on_error=self.show_error, name=f"log-of-{entry.id}")
+
+    def _render_details(self, info: dict[str, Any]) -> None:
+        known = self.log_tail[1] if self.log_tail is not None and self.log_tail[0] == info["id"] else []
         bar = self.details.verticalScrollBar()
         position = bar.value()
-        self.details.setHtml(details_html(self.services.models.info(entry.id), self.services.models.memory_budget))
+        self.details.setHtml(details_html(info, self.services.models.memory_budget, known))
         bar.setValue(position)
+
+    async def _read_log(self, model_id: str) -> None:
+        try:
+            details = await self.services.models.details(model_id)
+        except SwitchboardError:
+            return  # removed meanwhile (a remote backend, through the API): the table follows
+        changed = self.log_tail != (model_id, details["log_tail"])
+        self.log_tail = (model_id, details["log_tail"])
+        if changed and self.selected_id() == model_id:
+            self._render_details(details)
+
+    def _link_clicked(self, url: QUrl) -> None:
+        if url.toString() == RETRY_LINK:
+            self._run(self.load)
 
     # -- actions -------------------------------------------------------------------------------
     def _run(self, action: Callable[[str], Coroutine[Any, Any, Any]]) -> None:

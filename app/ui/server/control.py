@@ -90,7 +90,7 @@ class ServerController(QObject):
             return True
         config = self.config
         try:
-            check_exposure(config)
+            check_exposure(self._services)
             sock = bind(config)
         except StartupError as exc:
             self._fail(str(exc))

@@ -1,4 +1,5 @@
-"""The server panel: start/stop, where it listens and who may call it, the endpoint URL, and the request log.
+"""The server panel: start/stop, where it listens and who may call it (its API keys too), the endpoint URL, and the
+request log.
 
 Settings are this run's Config (the same `config.json` the headless server reads): editing them saves it
 through Services and restarts the running server through the ServerController. The request log adapts the core's
@@ -32,6 +33,7 @@ from PySide6.QtWidgets import (
 from app.core.services import Services
 from app.server.guard import is_loopback
 from app.ui.rows_model import RowsTableModel
+from app.ui.server.keys import KeysBox
 from app.ui.support import spawn
 
 LOG_ROWS = 200
@@ -200,6 +202,8 @@ class ServerPanel(QWidget):
             field.textChanged.connect(self._settings_edited)
         self.port_field.valueChanged.connect(self._settings_edited)
         layout.addWidget(settings_box)
+        self.keys_box = KeysBox(services)
+        layout.addWidget(self.keys_box)
 
         # -- request log -------------------------------------------------------------------------
         log_box = QGroupBox("Requests")
@@ -283,9 +287,9 @@ class ServerPanel(QWidget):
         if not host:
             self._settings_problem("The host cannot be empty (127.0.0.1 keeps the server on this machine).")
             return
-        if not is_loopback(host) and not key:
+        if not is_loopback(host) and not key and not self.services.keys.exists(scope="admin"):
             self._settings_problem(f"Listening on {host} makes the server reachable from other machines: "
-                                   "set an API key first.")
+                                   "set an API key or add an admin key first.")
             return
         bad = [o for o in origins if o != "*" and not o.startswith(("http://", "https://"))]
         if bad:
@@ -311,6 +315,7 @@ class ServerPanel(QWidget):
     def _tick(self) -> None:
         if self.isVisible():
             self.refresh_log()
+            self.keys_box.refresh()  # last use and the hour's usage
 
     def showEvent(self, event: QShowEvent) -> None:
         super().showEvent(event)

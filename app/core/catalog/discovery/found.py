@@ -21,6 +21,8 @@ class FoundModel:
     projector: str | None = None  # mmproj file for vision
     size: int = 0  # bytes over all parts
     display_name: str = ""
+    # Why the installed llama.cpp cannot load it, known from its header alone (scan(check_architectures=True)).
+    load_refusal: str | None = None
 
     @property
     def id(self) -> str:

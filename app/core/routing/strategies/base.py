@@ -42,7 +42,7 @@ class RouteContext:
     text: str = ""  # the whole prompt as plain text (every message, in order) for prefix matching
     session_key: str | None = None  # the x-session-id header, else the `user` field
     user: str | None = None
-    api_key_id: str | None = None  # a hash of the caller's API key, never the key
+    api_key_id: str | None = None  # the name of the caller's API key, never the key
     capabilities: frozenset[str] = frozenset()
     request_id: str = ""
     now: float = 0.0  # monotonic seconds, given by the router so strategies stay pure

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import json
-import os
+import signal
 import socket
 import sys
 import time
@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 import psutil
 
 from app.core.errors import InvalidRequest, ModelUnavailable, WorkerCrashed
+from app.core.runtime.local import worker_log
 
 _ids = itertools.count(1)
 # Streamed chunks are small, but a full embedding batch can be large.
@@ -87,6 +88,8 @@ class WorkerHandle:
         # Jobs the worker stopped early because their client went away.
         self.jobs_cancelled = 0
         self.dead_reason: str | None = None  # why it failed or stopped; None while it runs
+        # Why the model's files did not load, when they would fail the same way again (dead_reason); else None.
+        self.load_error: str | None = None
         self.state = WorkerState.STARTING
         self._process: asyncio.subprocess.Process | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -122,7 +125,7 @@ class WorkerHandle:
             raise IllegalTransition(f"a worker that is {self.state.value} cannot start (a handle starts once)")
         self._announce()
         parent_sock, child_sock = socket.socketpair()
-        log = open(self.log_path or os.devnull, "ab")
+        log = worker_log.open_for_worker(self.log_path)
         try:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "app.core.runtime.local.process", str(child_sock.fileno()),
@@ -145,10 +148,18 @@ class WorkerHandle:
             line = None
         if line is None:
             await self._fail_to_load(f"Model '{self.model_id}' did not load within {timeout:.0f} s")
+        if not line:  # the worker ended while loading: reap it, to say how
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._process.wait(), 5.0)
         message: dict[str, Any] = json.loads(line) if line else {"type": "load_error",
                                                                  "message": self._exit_description()}
         if message.get("type") != "ready":
-            await self._fail_to_load(f"Model '{self.model_id}' failed to load: {message.get('message')}")
+            reason = f"Model '{self.model_id}' failed to load: {message.get('message')}"
+            # llama.cpp refused the files, or died on them: they would fail the same way again. Not so a kill
+            # (SIGKILL is the OOM killer's or a person's) or a timeout, which say nothing about the files.
+            if self._process.returncode != -signal.SIGKILL:
+                self.load_error = reason
+            await self._fail_to_load(reason)
         self.n_ctx = message.get("n_ctx")
         self.started_at = time.time()
         self._reader_task = asyncio.create_task(self._read_loop(reader), name=f"worker-{self.model_id}")

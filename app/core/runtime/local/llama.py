@@ -17,7 +17,7 @@ and the Llama internals of the 0.3 line, hence the `<0.4` bound in pyproject.tom
 - `llama_cpp.llama_set_n_threads` with `Llama.n_threads` / `Llama.n_threads_batch`: threads change
   between jobs.
 - `Llama.__init__` takes its model parameters from `llama_cpp.llama_cpp.llama_model_default_params()`, looked up when
-  it runs: on CPUs with AMX the worker swaps in defaults with `use_extra_bufts` off (see `_model_defaults`).
+  it runs: on CPUs with AMX the worker swaps in defaults with `use_extra_bufts` off (see `model_defaults`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from llama_cpp import Llama
 
 from app.core.runtime.local.prompt_cache import PromptCache, common_prefix
 
-__all__ = ["MeteredLlama"]
+__all__ = ["MeteredLlama", "model_defaults"]
 
 
 @dataclass
@@ -54,7 +54,7 @@ class MeteredLlama(Llama):
         # answers a fresh prompt wrongly on some AVX2 CPUs (0.3.36: SmolLM2 at temperature 0 says "La femme de
         # France..." to the capital of France, and "Paris" once the prompt is decoded one token at a time).
         kwargs.setdefault("flash_attn", True)
-        with _model_defaults(use_extra_bufts=not _cpu_has_amx()):
+        with model_defaults():
             super().__init__(model_path, **kwargs)
 
     def generate(self, tokens: Any, *args: Any, **kwargs: Any) -> Iterator[int]:  # type: ignore[override]
@@ -133,9 +133,10 @@ def _cpu_has_amx() -> bool:
 
 
 @contextlib.contextmanager
-def _model_defaults(*, use_extra_bufts: bool) -> Iterator[None]:
-    """Llama.__init__ has no argument for llama_model_params.use_extra_bufts: change the defaults it reads."""
-    if use_extra_bufts:
+def model_defaults() -> Iterator[None]:
+    """While inside, a Llama loads with the model parameters this CPU needs: extra buffer types off where the CPU
+    has AMX. (Llama.__init__ has no argument for llama_model_params.use_extra_bufts: the defaults it reads change.)"""
+    if not _cpu_has_amx():
         yield
         return
     bindings = llama_cpp.llama_cpp  # the module Llama.__init__ looks the function up in
