@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from app.core.config import Config
+from app.core.engine import Engine
 
 HERE = Path(__file__).parent
 
@@ -24,3 +28,11 @@ def _collect_garbage_on_the_main_thread() -> Iterator[None]:
     there leaves its timers registered with the Qt thread: the next timer tick crashes the test process."""
     yield
     gc.collect()
+
+
+@pytest.fixture
+def engine(sb_home: Path) -> Iterator[Engine]:
+    """An engine in an empty, isolated home: the default model only (the window's tests drive it in-process)."""
+    engine = Engine(Config(discovery=False))
+    yield engine
+    asyncio.new_event_loop().run_until_complete(engine.close())

@@ -6,28 +6,16 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 from PySide6.QtCore import QItemSelectionModel, QObject, Signal
 from PySide6.QtGui import QGuiApplication
 
-from app.core.config import Config
 from app.core.engine import Engine
 from app.core.keys import KeySpec
 from app.core.services import Services
 from app.ui.server.keys import KeysBox, KeysModel
 from app.ui.server.panel import ServerPanel
-
-
-@pytest.fixture
-def engine(sb_home: Path) -> Iterator[Engine]:
-    engine = Engine(Config(discovery=False))
-    yield engine
-    asyncio.new_event_loop().run_until_complete(engine.close())
 
 
 def cells(box: KeysBox) -> list[list[Any]]:

@@ -6,27 +6,16 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
 
-from app.core.config import Config
 from app.core.engine import Engine
 from app.core.runtime import gpu
 from app.core.runtime.pool import LoadedModel
 from app.core.services import Services
 from app.ui.resources import panel as resources_view
 from app.ui.resources.panel import GIB, ResourcesPanel
-
-
-@pytest.fixture
-def engine(sb_home: Path) -> Iterator[Engine]:
-    engine = Engine(Config(discovery=False))
-    yield engine
-    asyncio.new_event_loop().run_until_complete(engine.close())
 
 
 def fake_workers(engine: Engine, monkeypatch: pytest.MonkeyPatch, rss: dict[str, int]) -> None:

@@ -9,7 +9,6 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import asyncio
 import json
 from collections.abc import Coroutine, Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -57,13 +56,6 @@ class FakeController(QObject):
         self.calls.append("restart")
         await self.stop()
         return await self.start()
-
-
-@pytest.fixture
-def engine(sb_home: Path) -> Iterator[Engine]:
-    engine = Engine(Config(discovery=False))
-    yield engine
-    asyncio.new_event_loop().run_until_complete(engine.close())
 
 
 @pytest.fixture

@@ -12,14 +12,7 @@ from app.core.errors import InvalidValue, ModelNotFound
 from app.core.keys import CONFIG_KEY_NAME, PREFIX, TOUCH_INTERVAL_S, KeyRing, KeySpec, is_inference_path
 from app.core.routing.quota import Limits, QuotaManager, key_scope
 from app.core.storage.store import Store
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.t
+from tests.support.clock import Clock
 
 
 @pytest.fixture

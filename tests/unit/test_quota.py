@@ -8,16 +8,7 @@ import pytest
 
 from app.core.routing.quota import Limits, QuotaManager
 from app.core.storage.store import Store
-
-T0 = 1_800_000_000.0  # a whole number of minutes, so bucket edges are easy to reason about
-
-
-class Clock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+from tests.support.clock import T0, Clock
 
 
 @pytest.fixture
