@@ -64,7 +64,9 @@ class Engine:
         self.pool.on_worker_state = self.health.worker_changed
         # A load that failed because of the files is remembered with the model, across restarts.
         self.pool.on_load_result = self.registry.set_load_failure
-        self.registry.subscribe(self._forget_removed)
+        # Models whose load failure is remembered: when it is forgotten, so is the unhealthy health it showed.
+        self._failed_loads = {e.id for e in self.registry.list() if e.load_failure is not None}
+        self.registry.subscribe(self._catalog_changed)
         self.experiments = Experiments(self.store)
         self.decisions = DecisionLog(self.store)
         self.metrics = Metrics(self._snapshot)
@@ -290,9 +292,18 @@ class Engine:
 
         return unsubscribe
 
-    def _forget_removed(self, event: str, entry: ModelEntry) -> None:
+    def _catalog_changed(self, event: str, entry: ModelEntry) -> None:
         if event == "removed":
             self.health.forget(entry.id)
+            self._failed_loads.discard(entry.id)
+        elif entry.load_failure is not None:
+            self._failed_loads.add(entry.id)
+        elif entry.id in self._failed_loads:
+            # The remembered load failure was forgotten (its file changed, the user retries it): the failed load no
+            # longer says anything about the model, which is unknown until one of its workers tells otherwise.
+            self._failed_loads.discard(entry.id)
+            if self.health.shown(entry.id)[0] is Health.UNHEALTHY:
+                self.health.show(entry.id, Health.UNKNOWN)
 
     def _probes(self) -> Mapping[str, Probe]:
         """Every loaded worker of every replica: local ones, is the process alive; remote backends, their /v1/models.

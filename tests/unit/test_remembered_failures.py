@@ -131,3 +131,19 @@ def test_a_worker_log_past_its_limit_starts_over(tmp_path: Path) -> None:
     with worker_log.open_for_worker(path) as log:
         log.write(b"more\n")
     assert path.read_bytes() == b"fresh\nmore\n"
+
+
+def test_a_forgotten_failure_stops_showing_unhealthy_but_a_crash_keeps_showing(tmp_path: Path,
+                                                                               files: dict[str, str]) -> None:
+    from app.core.engine import Engine
+    from app.core.routing.health import Health
+
+    engine = Engine(Config(discovery=False), Store(tmp_path / "db.sqlite3"))  # builds no worker
+    engine.registry.sync([found("bad", "q4_0", files["bad"]), found("good", "q4_0", files["good"])])
+    engine.registry.set_load_failure("bad:q4_0", REASON)
+    engine.health.show("bad:q4_0", Health.UNHEALTHY, REASON)
+    engine.health.show("good:q4_0", Health.UNHEALTHY, "the worker process was killed by signal 9")
+    engine.registry.set_aliases("good:q4_0", ["g"])  # an edit is no news about a crash
+    engine.registry.set_load_failure("bad:q4_0", None)  # the user retries it
+    assert engine.shown_health("bad:q4_0") == ("unknown", None)
+    assert engine.shown_health("good:q4_0") == ("unhealthy", "the worker process was killed by signal 9")
