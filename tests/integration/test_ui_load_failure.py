@@ -40,7 +40,7 @@ def test_details_explain_a_model_that_cannot_load_and_retry_it(desktop: Desktop,
     assert panel.select(FOO_ID)
     text = panel.details.toPlainText()
     assert "unhealthy — llama.cpp (llama-cpp-python" in text and "cannot load architecture 'foo'" in text
-    assert "not tried again until its file changes. Retry loading" in text
+    assert "not tried again until its file or llama.cpp changes. Retry loading" in text
     assert "Worker log" not in text  # never started: no log yet
 
     panel.details.anchorClicked.emit(QUrl(RETRY_LINK))  # the link in the details

@@ -38,7 +38,8 @@ def details_html(info: dict[str, Any], budget: int, log_tail: Sequence[str] = ()
     parts = [f"<h3 style='margin-bottom:2px'>{esc(info['id'])}</h3>",
              f"<div style='color:#666'>{esc(info['display_name'])}</div>"]
     if info["load_failure"]:  # the reason is the health's
-        parts.append("<p style='color:#c62828'>It did not load, and is not tried again until its file changes. "
+        parts.append("<p style='color:#c62828'>It cannot load (see Health below); it is not tried again until its "
+                     "file or llama.cpp changes. "
                      f"<a href='{RETRY_LINK}'>Retry loading</a></p>")
     if info["estimate_bytes"] is None:
         parts.append("<p>Remote backend: uses no local memory.</p>")
