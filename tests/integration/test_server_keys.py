@@ -94,6 +94,10 @@ def test_a_used_up_key_quota_is_429_with_retry_after(tmp_path: Path) -> None:
             client.chat.completions.create(model="auto", messages=CHAT, max_tokens=4)
         assert int(info.value.response.headers["retry-after"]) >= 1
         assert info.value.response.json()["error"]["code"] == "quota_exceeded"
+        model_id = client.models.list().data[0].id
+        with pytest.raises(openai.RateLimitError) as named:
+            client.chat.completions.create(model=model_id, messages=CHAT, max_tokens=4)
+        assert "the API key 'metered'" in named.value.response.json()["error"]["message"]
         # Only that key is held back.
         assert _client(served, admin).chat.completions.create(model="auto", messages=CHAT, max_tokens=4).choices
     finally:

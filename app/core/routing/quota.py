@@ -68,7 +68,7 @@ def key_scope(api_key_id: str) -> str:
 def _check_scope(scope: str) -> None:
     kind, sep, rest = scope.partition(":")
     if not sep or kind not in ("model", "key") or not rest:
-        raise InvalidValue(f"quota scope must be 'model:<id>' or 'key:<key-hash>' (got {scope!r})")
+        raise InvalidValue(f"quota scope must be 'model:<id>' or 'key:<key name>' (got {scope!r})")
 
 
 class _Usage:

@@ -211,8 +211,9 @@ class RequestRouter:
                 param="messages", code="context_length_exceeded"))
         if self._quota.exhausted(entry.id, request.api_key_id):
             retry = self._quota.retry_after(entry.id, request.api_key_id)
+            whose = f"'{entry.id}'" if self._quota.exhausted(entry.id) else f"the API key '{request.api_key_id}'"
             raise _Filtered("quota exhausted", QuotaExceeded(
-                f"The hourly quota of '{entry.id}' is used up; retry in {retry:.0f} s", retry_after=retry))
+                f"The hourly quota of {whose} is used up; retry in {retry:.0f} s", retry_after=retry))
         if not entry.is_remote and not self._pool.fits(entry):
             need = self._pool.estimate(entry) / 2**20
             raise _Filtered(f"won't fit: needs {need:.0f} MiB, budget {self._pool.budget / 2**20:.0f} MiB",
