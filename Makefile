@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test test-fast lint bench serve scan clean install-desktop screenshot
+.PHONY: run test test-fast lint bench bench-peers serve scan clean install-desktop screenshot
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# llama.cpp's llama-server for `python -m bench concurrency`, built from the llama.cpp vendored in the installed
+# llama-cpp-python's source distribution, into ~/.cache/switchboard/peers/ (10-20 minutes on 2 cores).
+bench-peers: $(STAMP)
+	$(PY) -m bench.peers
 
 # The .desktop entry and icons for this user, so the app starts from the applications menu or a file manager.
 APPS_DIR  := $(HOME)/.local/share/applications

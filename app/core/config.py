@@ -27,6 +27,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8642
 ENV_PREFIX = "SWITCHBOARD_"
 MIB = 1024 * 1024
+MAX_PARALLEL = 64  # requests one worker decodes together, at most (the setting and each model's own)
 
 
 class ConfigError(Exception):
@@ -53,6 +54,11 @@ class Config(BaseModel):
     idle_ttl_s: float = Field(600.0, gt=0, description="Unload a model idle this long (pinned models stay).")
     n_ctx: int = Field(4096, ge=1, description="Context a model is loaded with, capped at its trained context.")
     n_threads: int | None = Field(None, ge=1, description="Threads per worker; none shares the cores among workers.")
+    parallel: int | None = Field(
+        None, ge=1, le=MAX_PARALLEL,
+        description="Requests a worker decodes together, each with n_ctx of context; none: 4 on the CPU, more where "
+                    "VRAM allows, never more than the memory budget fits.",
+    )
     n_gpu_layers: int | None = Field(
         None, ge=-1, description="Layers llama.cpp puts on the GPU: none decides from the free VRAM; -1 all, 0 none."
     )

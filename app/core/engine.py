@@ -26,6 +26,7 @@ from app.core.errors import (
     ModelUnavailable,
     QueueFull,
     SwitchboardError,
+    WorkerDied,
 )
 from app.core.job import Job, holding, timeout_error
 from app.core.observe.decisions import DecisionLog
@@ -61,7 +62,8 @@ class Engine:
         self.pool.on_worker_gone = self.router.forget
         # Health has one owner: the pool reports its workers' lifecycle to the book, and a model leaving the
         # catalog leaves the book.
-        self.pool.on_worker_state = self.health.worker_changed
+        self.pool.on_worker_state = lambda model_id, replica, state, reason: self.health.worker_changed(
+            model_id, replica, state, reason, now=time.monotonic())
         # A load that failed because of the files is remembered with the model, across restarts.
         self.pool.on_load_result = self.registry.set_load_failure
         # Models whose load failure is remembered: when it is forgotten, so is the unhealthy health it showed.
@@ -133,7 +135,8 @@ class Engine:
                     raise
                 failure = refused
             except ModelUnavailable as unavailable:
-                self._record_failure(decision, unavailable)
+                if not isinstance(unavailable, WorkerDied):  # its worker's lifecycle counted it
+                    self._record_failure(decision, unavailable)
                 if model_failed:
                     raise
                 model_failed, failure = True, unavailable
@@ -167,8 +170,9 @@ class Engine:
                 raise
             entry = self.registry.resolve(decision.model_id)
             # A remote backend queues on its own machine.
-            if entry.is_remote or self.queues.waiting(entry.id, entry.replicas) < self.config.max_queue:
-                return decision, self.queues.hold(entry.id, entry.replicas)
+            slots = 1 if entry.is_remote else self.pool.slots(entry)
+            if entry.is_remote or self.queues.waiting(entry.id, slots) < self.config.max_queue:
+                return decision, self.queues.hold(entry.id, slots)
             full = full or QueueFull(f"The model '{entry.id}' has {self.config.max_queue} requests waiting; "
                                      "retry shortly", retry_after=1)
             exclude |= {entry.id}

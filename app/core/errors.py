@@ -53,6 +53,13 @@ class WorkerCrashed(ModelUnavailable):
     code = "worker_crashed"
 
 
+class WorkerDied(WorkerCrashed):
+    """A local worker process died under its requests: its lifecycle counts the crash against the model, once,
+    however many requests it ended."""
+
+    code = "worker_crashed"
+
+
 class InsufficientMemory(ModelUnavailable):
     code = "insufficient_memory"
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any
 
-from app.core.errors import InvalidRequest, RequestTimeout, SwitchboardError
+from app.core.errors import InvalidRequest, RequestTimeout, SwitchboardError, WorkerDied
 from app.core.routing.admission import Place
 from app.core.routing.request import RouteRequest, RoutingDecision
 from app.core.routing.strategies.base import Outcome
@@ -44,6 +44,7 @@ class Job:
         ttft: float | None = None
         usage: dict[str, int] = {}
         error: str | None = None
+        crashed = False
         status = 499  # the client went away before the end, unless we learn otherwise
         try:
             async with contextlib.aclosing(self._messages):  # type: ignore[type-var]
@@ -63,14 +64,14 @@ class Job:
                     except TimeoutError:
                         raise timeout_error(self.decision, self._timeout_s) from None
         except SwitchboardError as exc:
-            error = exc.message
+            error, crashed = exc.message, isinstance(exc, WorkerDied)
             status = 400 if isinstance(exc, InvalidRequest) else 504 if isinstance(exc, RequestTimeout) else 503
             raise
         finally:
             outcome = Outcome(
                 ok=status == 200, ttft_s=ttft, duration_s=time.monotonic() - self._started,
                 prompt_tokens=usage.get("prompt_tokens", 0), completion_tokens=usage.get("completion_tokens", 0),
-                cached_tokens=usage.get("cached_tokens", 0), error=error,
+                cached_tokens=usage.get("cached_tokens", 0), error=error, crashed=crashed,
             )
             self._on_end(self.decision, self.request, outcome, status)
 

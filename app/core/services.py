@@ -146,13 +146,17 @@ class Models:
                     replicas: int | None = None) -> ModelEntry:
         return self._engine.registry.set_options(name, weight=weight, fallbacks=fallbacks, replicas=replicas)
 
+    def set_parallel(self, name: str, parallel: int | None) -> ModelEntry:
+        """Requests each worker decodes together, from the model's next load; None: the configured default."""
+        return self._engine.registry.set_parallel(name, parallel)
+
     def set_default(self, name: str) -> ModelEntry:
         return self._engine.registry.set_default(name)
 
     def patch(self, name: str, *, enabled: bool | None = None, aliases: list[str] | None = None,
               capabilities: list[str] | None = None, reset_capabilities: bool = False, weight: float | None = None,
-              fallbacks: list[str] | None = None, replicas: int | None = None, quota: Limits | None = None,
-              default: bool = False) -> dict[str, Any]:
+              fallbacks: list[str] | None = None, replicas: int | None = None, parallel: int | None = None,
+              reset_parallel: bool = False, quota: Limits | None = None, default: bool = False) -> dict[str, Any]:
         """Several settings at once (PATCH /api/models/{id}); None leaves a setting as it is."""
         entry = self.resolve(name)
         if enabled is not None:
@@ -163,6 +167,8 @@ class Models:
             self.set_capabilities(entry.id, None if reset_capabilities else capabilities)
         if weight is not None or fallbacks is not None or replicas is not None:
             self.set_options(entry.id, weight=weight, fallbacks=fallbacks, replicas=replicas)
+        if reset_parallel or parallel is not None:
+            self.set_parallel(entry.id, None if reset_parallel else parallel)
         if quota is not None:
             self._engine.quota.set_limits(model_scope(entry.id), quota)
         if default:

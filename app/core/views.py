@@ -14,8 +14,8 @@ def model_info(engine: Engine, entry: ModelEntry) -> dict[str, Any]:
     """Everything known about one model: catalog facts, user settings, health, workers, placement, quota."""
     workers = [
         {"replica": w.replica, "pid": w.pid, "state": w.state, "memory_bytes": engine.pool.memory_of(w.key),
-         "vram_bytes": w.vram_bytes, "gpu_layers": w.gpu_layers, "in_flight": w.in_flight,
-         "idle_s": round(w.idle_s, 1)}
+         "vram_bytes": w.vram_bytes, "gpu_layers": w.gpu_layers, "parallel": w.parallel,
+         "in_flight": w.in_flight, "idle_s": round(w.idle_s, 1)}
         for w in engine.pool.loaded() if w.model_id == entry.id
     ]
     remote = None if entry.remote is None else {k: v for k, v in entry.remote.items() if k != "api_key"}
@@ -44,6 +44,9 @@ def model_info(engine: Engine, entry: ModelEntry) -> dict[str, Any]:
         "weight": entry.weight,
         "fallbacks": entry.fallbacks,
         "replicas": entry.replicas,
+        # The model's own setting (None: the configured default); parallel_effective is what its workers run with,
+        # or would load with now: a change applies at the next load.
+        "parallel": entry.parallel,
         "pinned": engine.pool.is_pinned(entry.id),
         "state": "loaded" if any(w["state"] == "loaded" for w in workers)
         else "loading" if workers else "unloaded",
@@ -56,11 +59,13 @@ def model_info(engine: Engine, entry: ModelEntry) -> dict[str, Any]:
 
 
 def placement_info(engine: Engine, entry: ModelEntry) -> dict[str, Any]:
-    """RAM it takes (what the budget counts), and what goes to the GPU; nothing local for a remote backend."""
+    """RAM it takes (what the budget counts), what goes to the GPU, and the requests decoded together that this
+    counts the KV cache of; nothing local for a remote backend."""
     if entry.is_remote:
-        return {"estimate_bytes": None, "vram_bytes": 0, "gpu_layers": 0}
+        return {"estimate_bytes": None, "vram_bytes": 0, "gpu_layers": 0, "parallel_effective": None}
     placed = engine.pool.placement(entry)
-    return {"estimate_bytes": placed.ram_bytes, "vram_bytes": placed.vram_bytes, "gpu_layers": placed.gpu_layers}
+    return {"estimate_bytes": placed.ram_bytes, "vram_bytes": placed.vram_bytes, "gpu_layers": placed.gpu_layers,
+            "parallel_effective": placed.parallel}
 
 
 def model_object(engine: Engine, entry: ModelEntry) -> dict[str, Any]:

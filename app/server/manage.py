@@ -64,8 +64,10 @@ def routes(services: Services) -> APIRouter:
         quota = None if body.quota is None else Limits(body.quota.tokens_per_hour, body.quota.requests_per_hour)
         return models.patch(model_id, enabled=body.enabled, aliases=body.aliases, capabilities=body.capabilities,
                             reset_capabilities=body.reset_capabilities, weight=body.weight,
-                            fallbacks=body.fallbacks, replicas=body.replicas, quota=quota,
-                            default=bool(body.default))
+                            fallbacks=body.fallbacks, replicas=body.replicas, parallel=body.parallel,
+                            # An explicit null returns to auto; a parallel left out stays as it is.
+                            reset_parallel="parallel" in body.model_fields_set and body.parallel is None,
+                            quota=quota, default=bool(body.default))
 
     @router.delete("/models/{model_id:path}")
     async def delete_model(model_id: str) -> dict[str, Any]:

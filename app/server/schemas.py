@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from app.core.config import MAX_PARALLEL
 from app.core.errors import InvalidRequest
 from app.core.routing.quota import MAX_LIMIT
 
@@ -233,6 +234,8 @@ class ModelPatch(BaseModel):
     quota: QuotaBody | None = None
     fallbacks: list[str] | None = Field(default=None, max_length=16)
     replicas: int | None = Field(default=None, ge=1, le=16)
+    # null returns to the configured default (auto); left out, it stays as it is.
+    parallel: int | None = Field(default=None, ge=1, le=MAX_PARALLEL)
     default: bool | None = None
 
 

@@ -190,23 +190,6 @@ async def test_a_model_that_cannot_load_is_unhealthy_with_the_reason(sb_home: Pa
         assert engine.pool.loaded() == []
 
 
-@pytest.mark.parametrize(("cores", "workers", "configured", "share"), [
-    (8, 1, None, (4, 8)),  # alone: llama.cpp's defaults (half the cores generate, all read prompts)
-    (8, 2, None, (4, 4)),
-    (8, 3, None, (2, 2)),
-    (2, 2, None, (1, 1)),
-    (2, 5, None, (1, 1)),  # more workers than cores: one thread each, never zero
-    (1, 1, None, (1, 1)),
-    (8, 0, None, (4, 8)),
-    (8, 4, 3, (3, 3)),  # the user's setting wins
-])
-def test_thread_share_never_asks_for_more_threads_than_cores(
-        cores: int, workers: int, configured: int | None, share: tuple[int, int]) -> None:
-    from app.core.runtime.pool import thread_share
-
-    assert thread_share(cores, workers, configured) == share
-
-
 async def test_workers_share_the_cores_and_take_a_new_share_when_one_leaves(sb_home: Path) -> None:
     from app.core.runtime.pool import cpu_cores, thread_share
 
@@ -280,9 +263,10 @@ async def test_with_a_gpu_a_model_that_fits_is_offloaded_and_its_vram_counts(
         assert engine.pool.free_vram() == total - used
         planned = engine.pool.placement(entry)
         assert planned.gpu_layers == memory.ALL_LAYERS
+        assert planned.parallel == memory.AUTO_PARALLEL_GPU, "wholly in VRAM with room to spare: auto takes more"
         assert engine.pool.estimate(entry) == planned.ram_bytes < cpu_only.ram_bytes  # the weights left RAM
         handle = await engine.pool.acquire(entry)
-        assert handle.spec.n_gpu_layers == memory.ALL_LAYERS
+        assert (handle.spec.n_gpu_layers, handle.spec.parallel) == (memory.ALL_LAYERS, planned.parallel)
         # Placed but not yet measured: a second model would see its VRAM as taken already.
         assert engine.pool.free_vram() == total - used - planned.vram_bytes
         text, _ = await collect(engine, DEFAULT_ID, "chat", CHAT)
@@ -311,7 +295,8 @@ async def test_an_idle_model_leaves_the_gpu_for_one_that_would_not_fit_beside_it
     except OSError:
         shutil.copy(default_model, folder / "other-135m.Q4_1.gguf")
     card = fake_gpu(monkeypatch, total=8 << 30)
-    async with running(model_dirs=[str(folder)]) as engine:
+    # One sequence each: the room below is reckoned for one (auto would take more where VRAM allows).
+    async with running(model_dirs=[str(folder)], parallel=1) as engine:
         first, second = engine.registry.resolve(DEFAULT_ID), engine.registry.resolve("other-135m:q4_1")
         whole = memory.place(first.metadata, memory.context_for(first.metadata, 2048), free_vram=0,
                              configured_layers=memory.ALL_LAYERS).vram_bytes

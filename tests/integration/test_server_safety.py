@@ -86,8 +86,31 @@ def test_worker_killed_mid_stream(tmp_path: Path) -> None:
         served.stop()
 
 
+def test_worker_killed_mid_batch_ends_every_stream(tmp_path: Path) -> None:
+    served = start_server(tmp_path, env={"SWITCHBOARD_PARALLEL": "3"})
+    try:
+        client = openai.OpenAI(base_url=f"{served.base_url}/v1", api_key="x", max_retries=0, timeout=60)
+        streams = [iter(client.completions.create(model="auto", prompt=f"{n}, {n + 1}, {n + 2},", max_tokens=2000,
+                                                  temperature=0, stream=True)) for n in (1, 10, 100)]
+        for stream in streams:
+            next(stream)  # all three are being decoded together now
+        [worker] = _workers(served.process.pid)
+        worker.kill()
+        for stream in streams:
+            with pytest.raises(openai.APIError, match="signal 9"):
+                for _ in stream:
+                    pass
+        answer = client.chat.completions.create(
+            model="auto", temperature=0, max_tokens=16,
+            messages=[SYSTEM, {"role": "user", "content": "What is the capital of France?"}])
+        assert "Paris" in answer.choices[0].message.content
+    finally:
+        served.stop()
+
+
 def test_client_disconnect_cancels_generation(tmp_path: Path) -> None:
-    served = start_server(tmp_path)
+    # One slot: an answer at once to the next request proves the first one was stopped.
+    served = start_server(tmp_path, env={"SWITCHBOARD_PARALLEL": "1"})
     try:
         body = {"model": "auto", "prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 3000, "temperature": 0,
                 "stream": True}
@@ -103,7 +126,7 @@ def test_client_disconnect_cancels_generation(tmp_path: Path) -> None:
 
 
 def test_client_disconnect_cancels_a_non_streamed_generation(tmp_path: Path) -> None:
-    served = start_server(tmp_path)
+    served = start_server(tmp_path, env={"SWITCHBOARD_PARALLEL": "1"})
     try:
         body = {"model": "auto", "prompt": "1, 2, 3, 4, 5, 6,", "max_tokens": 3000, "temperature": 0}
         with pytest.raises(httpx.ReadTimeout):

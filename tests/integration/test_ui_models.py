@@ -156,6 +156,30 @@ def test_filter_aliases_capabilities_default_and_pin(desktop: Desktop, qtbot: ob
     assert not engine.pool.is_pinned(qwen)
 
 
+def test_parallel_is_edited_in_the_panel_and_shown_with_the_slots(desktop: Desktop, qtbot: object) -> None:
+    from app.ui.models.details import details_html
+
+    engine = engine_of(desktop)
+    run(desktop, engine.rescan())
+    panel = ModelsPanel(desktop.services)
+    qtbot.add_widget(panel)  # type: ignore[attr-defined]
+    qwen = "qwen2.5-0.5b-instruct:q8_0"
+    assert panel.select(qwen) and panel.act_parallel.isEnabled()
+    assert panel.apply_parallel(qwen, " 6 ")
+    assert engine.registry.get(qwen).parallel == 6
+    assert "Parallel\n6 requests at a time, set to 6\n" in panel.details.toPlainText()
+    assert not panel.apply_parallel(qwen, "many") and "many" in panel.message.text()
+    assert not panel.apply_parallel(qwen, "65") and "between 1 and 64" in panel.message.text()
+    assert engine.registry.get(qwen).parallel == 6
+    assert panel.apply_parallel(qwen, "")  # empty: back to the server's default
+    assert engine.registry.get(qwen).parallel is None
+    assert "the server's default" in panel.details.toPlainText()
+    info = desktop.services.models.info(qwen)
+    worker = {"replica": 0, "pid": 1, "state": "loaded", "memory_bytes": 0, "parallel": 4, "in_flight": 6}
+    text = details_html({**info, "state": "loaded", "workers": [worker]}, engine.pool.budget)
+    assert "4 of 4 slots busy, 2 waiting" in text and "applies at the next load" in text
+
+
 def test_details_show_gguf_metadata_and_whether_it_fits(desktop: Desktop, qtbot: object) -> None:
     engine = engine_of(desktop)
     run(desktop, engine.rescan())

@@ -212,6 +212,27 @@ def test_workers_decide_what_a_model_shows() -> None:
                                        Health.UNKNOWN]
 
 
+def test_a_crash_counts_once_however_many_requests_it_ended() -> None:
+    from app.core.routing.request import Finished, RouteRequest, RoutingDecision
+    from app.core.routing.strategies.base import Outcome
+
+    book = HealthBook(BreakerConfig(failure_threshold=3))
+    book.worker_changed("m", 0, WorkerState.STARTING, now=1.0)
+    book.worker_changed("m", 0, WorkerState.READY, now=1.0)
+    book.worker_changed("m", 0, WorkerState.FAILED, "killed by signal 9", now=2.0)
+    decision = RoutingDecision("m", "direct", "requested by name", 1.0, ())
+    for _ in range(4):  # the four requests it was decoding
+        book.on_finished(Finished(decision, RouteRequest("chat", "m", ()), Outcome(ok=False, error="stopped",
+                                                                                    crashed=True), 503, 2.0))
+    assert book.allow("m", 2.0) and book.breaker("m").state(2.0) is BreakerState.CLOSED
+    assert book.shown("m") == (Health.UNHEALTHY, "killed by signal 9")
+    for _ in range(2):  # two more crashes open it
+        book.worker_changed("m", 0, WorkerState.STARTING, now=3.0)
+        book.worker_changed("m", 0, WorkerState.READY, now=3.0)
+        book.worker_changed("m", 0, WorkerState.FAILED, "killed by signal 9", now=3.0)
+    assert not book.allow("m", 3.0)
+
+
 def test_what_the_book_shows_filters_what_routing_may_use_and_reaches_engine_listeners(tmp_path: Path) -> None:
     from app.core.config import Config
     from app.core.engine import Engine

@@ -130,3 +130,24 @@ def test_a_database_from_the_first_version_is_migrated(db: Path) -> None:
     registry.sync([found("smol", "q4_1", "/m/smol.gguf")])
     registry.set_options("smol:q4_1", weight=2.5)
     assert Registry(Store(db)).resolve("smol:q4_1").weight == 2.5
+
+
+def test_parallel_is_a_model_option_that_survives_restart(db: Path) -> None:
+    store = Store(db)
+    registry = Registry(store)
+    registry.sync([found("smol", "q4_1", "/m/smol.gguf"), found("qwen", "q8_0", "/m/qwen.gguf")])
+    assert registry.resolve("smol:q4_1").parallel is None  # the configured default until set
+    registry.set_parallel("smol:q4_1", 6)
+    registry.set_options("smol:q4_1", replicas=2)  # the other options keep it
+    registry.set_parallel("qwen:q8_0", 3)
+    registry.set_parallel("qwen:q8_0", None)
+    for bad in (0, 65):
+        with pytest.raises(InvalidRequest, match="between 1 and 64") as refused:
+            registry.set_parallel("smol:q4_1", bad)
+        assert refused.value.param == "parallel"
+    store.close()
+
+    again = Registry(Store(db))
+    again.sync([found("smol", "q4_1", "/m/smol.gguf"), found("qwen", "q8_0", "/m/qwen.gguf")])
+    assert (again.resolve("smol:q4_1").parallel, again.resolve("smol:q4_1").replicas) == (6, 2)
+    assert again.resolve("qwen:q8_0").parallel is None

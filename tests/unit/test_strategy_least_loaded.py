@@ -68,3 +68,13 @@ def test_params() -> None:
         LeastLoaded.from_params({"memory_weight": -0.5})
     with pytest.raises(ValueError, match="weight"):
         LeastLoaded.from_params({"weight": 1})
+
+
+def test_free_slots_count_not_requests() -> None:
+    # Two of four slots busy is half as loaded as the one slot of a single-slot worker.
+    sel = LeastLoaded().select([T("one", 1), T("four", 2, slots=4)], CTX)
+    assert sel.key == "four" and sel.scores["four"] == pytest.approx(1 / 1.5)
+    assert sel.reason == "least loaded: 2 in flight on 4 slots vs 1 in flight on one"
+    # Load per slot is the wait a new request would see: 6 on 4 slots drains sooner than 2 on 1, 9 on 4 later.
+    assert LeastLoaded().select([T("one", 2), T("four", 6, slots=4)], CTX).key == "four"
+    assert LeastLoaded().select([T("one", 2), T("four", 9, slots=4)], CTX).key == "one"

@@ -74,10 +74,12 @@ class ModelEntry:
     use_count: int = 0
     last_used: float | None = None
     # Routing options the user sets: weight (weighted-random), fallbacks (tried in order when this model
-    # cannot serve a request that names it), replicas (worker processes).
+    # cannot serve a request that names it), replicas (worker processes), parallel (requests each worker decodes
+    # together; None: the configured default). Replicas and parallel apply when a worker next loads.
     weight: float = 1.0
     fallbacks: list[str] = field(default_factory=list)
     replicas: int = 1
+    parallel: int | None = None
     # For a remote OpenAI-compatible backend: its RemoteSpec as a dict; None for local models.
     remote: dict[str, Any] | None = None
     # Why its files did not load (or cannot, as a scan found), remembered across restarts; None: nothing known.
@@ -90,6 +92,7 @@ class ModelEntry:
     def options(self) -> dict[str, Any]:
         """What the store keeps in the model's options: the routing options, and the remembered load failure."""
         return {"weight": self.weight, "fallbacks": self.fallbacks, "replicas": self.replicas,
+                "parallel": self.parallel,
                 "load_failure": None if self.load_failure is None else self.load_failure.to_dict()}
 
     @property

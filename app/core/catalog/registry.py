@@ -14,6 +14,7 @@ from typing import Any
 from app.core.catalog import capabilities as caps
 from app.core.catalog.discovery.found import FoundModel
 from app.core.catalog.model import DISCOVERED, LoadFailure, ModelEntry, entry_from_found
+from app.core.config import MAX_PARALLEL
 from app.core.errors import InvalidRequest, ModelNotFound
 from app.core.storage.store import Store
 
@@ -173,6 +174,17 @@ class Registry:
         self._emit("changed", entry)
         return entry
 
+    def set_parallel(self, name: str, parallel: int | None) -> ModelEntry:
+        """Requests each of its workers decodes together, from its next load; None returns to the configured
+        default (Config.parallel, else auto)."""
+        entry = self.resolve(name)
+        if parallel is not None and not 1 <= parallel <= MAX_PARALLEL:
+            raise InvalidRequest(f"parallel must be between 1 and {MAX_PARALLEL}", param="parallel")
+        entry.parallel = parallel
+        self._store.set_options(entry.id, entry.options())
+        self._emit("changed", entry)
+        return entry
+
     def add_remote(self, model_id: str, remote: dict[str, Any], *, capabilities: builtins.list[str],
                    context_length: int | None = None, display_name: str | None = None) -> ModelEntry:
         """Register a model served by another OpenAI-compatible server; routed like a local one."""
@@ -247,6 +259,7 @@ class Registry:
                 weight=row["options"].get("weight", 1.0),
                 fallbacks=row["options"].get("fallbacks", []),
                 replicas=row["options"].get("replicas", 1),
+                parallel=row["options"].get("parallel"),
                 load_failure=LoadFailure.from_dict(row["options"].get("load_failure")),
                 capabilities_override=row["capabilities"],
                 aliases=row["aliases"],

@@ -238,9 +238,15 @@ class HealthBook:
         for listener in list(self._listeners):
             listener(model_id, health, reason)
 
-    def worker_changed(self, model_id: str, replica: int, state: WorkerState, reason: str | None = None) -> None:
-        """A worker of the model entered `state` (the pool reports every step); `reason` says why one failed."""
+    def worker_changed(self, model_id: str, replica: int, state: WorkerState, reason: str | None = None,
+                       *, now: float | None = None) -> None:
+        """A worker of the model entered `state` (the pool reports every step); `reason` says why one failed.
+
+        A worker that fails once ready has crashed: one failure for the breaker (at `now`), however many requests
+        it was decoding (theirs do not count again)."""
         live = self._workers.setdefault(model_id, {})
+        if state is WorkerState.FAILED and live.get(replica) is WorkerState.READY and now is not None:
+            self.breaker(model_id).record_failure(now, reason)
         if state in _GONE:
             live.pop(replica, None)
         else:
@@ -280,7 +286,7 @@ class HealthBook:
         """A request's result counts when it says something about the model: a success, or the model's own
         failure (5xx). A request's own fault (4xx) and a client that went away (499) say nothing about it."""
         outcome = finished.outcome
-        if outcome.ok or finished.status >= 500:
+        if outcome.ok or (finished.status >= 500 and not outcome.crashed):
             self.record_request(finished.decision.model_id, outcome.ok, finished.ended_at,
                                 latency_s=outcome.ttft_s, reason=outcome.error)
 

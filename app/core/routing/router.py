@@ -169,6 +169,7 @@ class RequestRouter:
         quota_left = self._quota.remaining_fraction(entry.id, request.api_key_id)
         degraded = self._health.shown(entry.id)[0] is Health.DEGRADED
         targets = []
+        slots = 1 if entry.is_remote else max(1, self._pool.placement(entry).parallel)
         for replica in range(1 if entry.is_remote else entry.replicas):
             key = worker_key(entry.id, replica)
             handle = self._pool.worker(entry.id, replica)
@@ -176,7 +177,7 @@ class RequestRouter:
             loaded = handle is not None and handle.alive
             targets.append(Target(
                 key=key, model_id=entry.id, replica=replica,
-                in_flight=handle.in_flight if handle is not None else 0,
+                in_flight=handle.in_flight if handle is not None else 0, slots=slots,
                 memory_pressure=self._pool.pressure(key) if loaded else 0.0,
                 loaded=loaded, degraded=degraded, weight=entry.weight, quota_left=quota_left,
                 ttft_s=latency.ttft_s, tpot_s=latency.tpot_s, latency_samples=latency.samples,

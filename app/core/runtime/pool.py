@@ -31,7 +31,7 @@ from app.core.runtime.placement import (
     choose_evictions,
     context_for,
     expired,
-    place,
+    plan,
 )
 from app.core.storage.store import Store
 
@@ -51,12 +51,13 @@ def thread_share(cores: int, workers: int, configured: int | None = None) -> tup
 
     Together they never ask for more threads than there are cores: ggml's threads spin while they wait for each
     other, so two busy workers that each take every core ran 1.7-3.9x slower per request than with their share
-    (`python -m bench threads`, 2 cores). One worker alone keeps llama.cpp's defaults: half the
-    cores to generate, all of them to read a prompt. A configured count is used as given, for both."""
+    (`python -m bench threads`, 2 cores). One worker alone takes every core for both, as llama-server does:
+    with llama-cpp-python's default of half of 2 cores to generate, the default model decoded 52 tok/s, not 86.
+    A configured count is used as given, for both."""
     if configured:
         return configured, configured
     per_worker = max(1, cores // max(workers, 1))
-    return max(1, min(cores // 2, per_worker)), per_worker
+    return per_worker, per_worker
 
 
 def cpu_cores() -> int:
@@ -83,6 +84,7 @@ class LoadedModel:
     idle_s: float
     vram_bytes: int = 0  # measured through NVML; 0 without an NVIDIA GPU
     gpu_layers: int = 0  # llama.cpp's n_gpu_layers it was loaded with (-1: all)
+    parallel: int = 0  # requests it decodes together (its slots); 0 for a remote backend
 
 
 # (model_id, replica, state, reason): one step of a worker's lifecycle; the reason says why it failed.
@@ -118,14 +120,17 @@ class ModelPool:
     # -- queries ---------------------------------------------------------------------------
     def loaded(self) -> list[LoadedModel]:
         now = time.monotonic()
+        # A remote backend has no placement, nor a load before its admission decided one.
+        unplaced = Placement(0, 0, 0, parallel=0)
+        placed = {key: self._placements.get(key, unplaced) for key in (*self._workers, *self._loading)}
         views = [
             LoadedModel(key, w.model_id, w.replica, w.pid, "loaded", self._estimates.get(key, 0), w.rss(),
                         w.in_flight, w.model_id in self._pinned, now - w.last_used, self._vram.get(key, 0),
-                        self._placements[key].gpu_layers if key in self._placements else 0)
+                        placed[key].gpu_layers, placed[key].parallel)
             for key, w in self._workers.items()
         ]
         views += [LoadedModel(key, mid, replica, None, "loading", self._estimates.get(key, 0), 0, 0,
-                              mid in self._pinned, 0.0)
+                              mid in self._pinned, 0.0, parallel=placed[key].parallel)
                   for key, (mid, replica) in ((k, _split_key(k)) for k in self._loading)]
         return views
 
@@ -148,12 +153,18 @@ class ModelPool:
         """How a model is (when loaded) or would be (now) split between RAM and the GPU."""
         return self._placements.get(worker_key(entry.id)) or self._place(entry)
 
+    def slots(self, entry: ModelEntry) -> int:
+        """Requests the model's workers decode at once (all replicas): the rest wait in their queues."""
+        return entry.replicas * max(1, self.placement(entry).parallel)
+
     def _place(self, entry: ModelEntry, *, whole: bool = False) -> Placement:
-        """Its placement now, or (`whole`) with every layer on the GPU."""
-        return place(entry.metadata, context_for(entry.metadata, self._config.n_ctx),
-                            prompt_cache_bytes=self._config.prompt_cache_bytes,
-                            free_vram=0 if whole else self.free_vram(),
-                            configured_layers=ALL_LAYERS if whole else self._config.n_gpu_layers)
+        """Its placement now, or (`whole`) with every layer on the GPU; with the model's own parallel, else the
+        configured one, else auto's."""
+        return plan(entry.metadata, context_for(entry.metadata, self._config.n_ctx),
+                    parallel=entry.parallel if entry.parallel is not None else self._config.parallel,
+                    budget=self.budget, embedding=caps.EMBEDDINGS in entry.capabilities,
+                    prompt_cache_bytes=self._config.prompt_cache_bytes, free_vram=0 if whole else self.free_vram(),
+                    configured_layers=ALL_LAYERS if whole else self._config.n_gpu_layers)
 
     def free_vram(self) -> int | None:
         """Free bytes on the roomiest GPU llama.cpp can use, less what workers placed since the last sample will
@@ -247,6 +258,7 @@ class ModelPool:
             n_gpu_layers=placed.gpu_layers,
             embedding=caps.EMBEDDINGS in entry.capabilities,
             prompt_cache_bytes=self._config.prompt_cache_bytes,
+            parallel=placed.parallel,
         )
         handle = WorkerHandle(entry.id, spec, replica=replica, log_path=worker_log.path_of(key))
         handle.on_state = self._worker_state

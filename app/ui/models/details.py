@@ -60,6 +60,7 @@ def details_html(info: dict[str, Any], budget: int, log_tail: Sequence[str] = ()
     table += [row("Capabilities", ", ".join(info["capabilities"]) +
                   (" (edited)" if info["capabilities_edited"] else "")),
               row("Aliases", ", ".join(info["aliases"]) or "—"),
+              *([row("Parallel", _parallel(info))] if info["parallel_effective"] is not None else []),
               row("Requests served", info["use_count"]), row("Last used", when(info["last_used"])),
               row("Source", info["source"]), row("Path", info["path"])]
     if len(info["paths"]) > 1:
@@ -71,7 +72,7 @@ def details_html(info: dict[str, Any], budget: int, log_tail: Sequence[str] = ()
     for worker in info["workers"]:
         table.append(row(f"Worker {worker['replica']}",
                          f"{worker['state']}, pid {worker['pid']}, {human_bytes(worker['memory_bytes'])}, "
-                         f"{worker['in_flight']} in flight"))
+                         f"{_slots(worker)}"))
     parts.append("<table cellspacing='0' cellpadding='1'>" + "".join(table) + "</table>")
     gguf = [row(label, _fmt(meta[key])) for key, label in _METADATA_LABELS if meta.get(key) is not None]
     if gguf:
@@ -84,6 +85,24 @@ def details_html(info: dict[str, Any], budget: int, log_tail: Sequence[str] = ()
         parts.append("<h4 style='margin-bottom:2px'>Worker log (last lines)</h4>"
                      f"<pre style='font-size:small'>{text}</pre>")
     return "".join(parts)
+
+
+def _parallel(info: dict[str, Any]) -> str:
+    """How many requests it decodes together, whose choice that is, and when a change takes effect."""
+    count = info["parallel_effective"]
+    chosen = "the server's default" if info["parallel"] is None else f"set to {info['parallel']}"
+    loaded = " (a change applies at the next load)" if info["state"] != "unloaded" else ""
+    return f"{count} request{'' if count == 1 else 's'} at a time, {chosen}{loaded}"
+
+
+def _slots(worker: dict[str, Any]) -> str:
+    """Its slots, busy and idle, and the requests waiting for one (a worker runs up to `parallel` at a time)."""
+    slots, in_flight = worker["parallel"], worker["in_flight"]
+    if not slots:  # a remote backend, or a worker not placed yet
+        return f"{in_flight} in flight"
+    busy = min(in_flight, slots)
+    waiting = f", {in_flight - busy} waiting" if in_flight > busy else ""
+    return f"{busy} of {slots} slots busy{waiting}"
 
 
 def _fmt(value: Any) -> str:

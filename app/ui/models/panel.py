@@ -32,6 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.core.config import MAX_PARALLEL
 from app.core.errors import SwitchboardError
 from app.core.services import Services
 from app.ui.models.details import RETRY_LINK, details_html
@@ -108,6 +109,8 @@ class ModelsPanel(QWidget):
                                         self.make_default)
         self.act_aliases = self._action("Aliases…", "Other names requests may use for it", self.edit_aliases)
         self.act_caps = self._action("Capabilities…", "Capability tags used by routing", self.edit_capabilities)
+        self.act_parallel = self._action("Parallel…", "Requests each worker decodes together (from its next load)",
+                                         self.edit_parallel)
 
         top = QHBoxLayout()
         top.addWidget(self.filter, 1)
@@ -183,7 +186,7 @@ class ModelsPanel(QWidget):
         entry = self.selected_entry()
         info = None if entry is None else self.services.models.info(entry.id)
         for action in (self.act_enable, self.act_load, self.act_unload, self.act_pin, self.act_default,
-                       self.act_aliases, self.act_caps):
+                       self.act_aliases, self.act_caps, self.act_parallel):
             action.setEnabled(info is not None)
         if info is None:
             return
@@ -194,6 +197,7 @@ class ModelsPanel(QWidget):
         self.act_pin.setChecked(info["pinned"])
         self.act_pin.setText("Pinned" if info["pinned"] else "Pin")
         self.act_default.setEnabled(not info["default"])
+        self.act_parallel.setEnabled(info["parallel_effective"] is not None)  # a remote backend runs no worker
 
     def _show_details(self) -> None:
         entry = self.selected_entry()
@@ -326,6 +330,26 @@ class ModelsPanel(QWidget):
     def apply_capabilities(self, model_id: str, text: str) -> bool:
         tags = [t.strip() for t in text.split(",") if t.strip()]
         return self._guard(lambda: self.services.models.set_capabilities(model_id, tags or None))
+
+    def edit_parallel(self) -> None:
+        entry = self.selected_entry()
+        if entry is None:
+            return
+        current = "" if entry.parallel is None else str(entry.parallel)
+        self._ask(f"Parallel requests of {entry.id}",
+                  f"Requests each worker decodes together, 1-{MAX_PARALLEL} (empty: the server's default). "
+                  "It applies at the next load:", current, functools.partial(self.apply_parallel, entry.id))
+
+    def apply_parallel(self, model_id: str, text: str) -> bool:
+        value = text.strip()
+        if value and not value.isdecimal():
+            self.show_error(ValueError(f"'{value}' is not a number of requests"))
+            return False
+        if not self._guard(lambda: self.services.models.set_parallel(model_id, int(value) if value else None)):
+            return False
+        if self.services.models.info(model_id)["state"] != "unloaded":
+            self.show_info(f"The parallel requests of {model_id} change when it next loads (unload it to apply).")
+        return True
 
     def _ask(self, title: str, label: str, value: str, done: Callable[[str], Any]) -> QInputDialog:
         dialog = QInputDialog(self)

@@ -25,6 +25,7 @@ class Target:
     model_id: str
     replica: int = 0
     in_flight: int = 0  # requests running or queued on it
+    slots: int = 1  # requests it decodes at once (a worker's `parallel`); more than that wait
     memory_pressure: float = 0.0  # 0..1: the worker's RSS (or VRAM) against the budget; 0 when not loaded
     loaded: bool = False
     degraded: bool = False  # still usable, but strategies should prefer others
@@ -65,6 +66,7 @@ class Outcome:
     completion_tokens: int = 0
     cached_tokens: int = 0  # prompt tokens the worker reused from its cache
     error: str | None = None
+    crashed: bool = False  # ended by its local worker's death (which the worker's lifecycle counts, once)
 
 
 class Strategy:

@@ -33,11 +33,13 @@ def finite_or(x: float | None, default: float | None) -> float | None:
 
 
 def load(t: Target, memory_weight: float) -> float:
-    """Requests in flight plus memory pressure: a fully pressured worker counts like `memory_weight` requests."""
+    """Requests in flight per slot plus memory pressure: a worker decoding 4 at once with 2 in flight is half as
+    loaded as one with 1 of 1; a fully pressured worker counts like `memory_weight` more requests per slot."""
     pressure = t.memory_pressure
     if not 0.0 <= pressure <= 1.0:  # rare (a bad reading); checked here first as this runs for every target
         pressure = unit(pressure)
-    return (t.in_flight if t.in_flight > 0 else 0) + memory_weight * pressure
+    busy = t.in_flight if t.in_flight > 0 else 0
+    return (busy if t.slots <= 1 else busy / t.slots) + memory_weight * pressure
 
 
 def penalise(scores: dict[str, float], targets: Sequence[Target]) -> dict[str, float]:

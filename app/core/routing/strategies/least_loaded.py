@@ -1,4 +1,4 @@
-"""least_loaded: the target with the fewest requests in flight, counting memory pressure as extra load.
+"""least_loaded: the target with the fewest requests in flight per slot, counting memory pressure as extra load.
 
 Score = 1 / (1 + load), less the degraded penalty, so the highest score is the least loaded healthy target.
 Ties (equal loads) take turns: the first tied key after the last one used, in sorted order, so sequential
@@ -70,9 +70,11 @@ class LeastLoaded(Strategy):
         )
 
     def _describe(self, t: Target) -> str:
-        # Plain "N in flight" unless memory pressure actually adds to the load.
+        # Plain "N in flight" (of its slots) unless memory pressure actually adds to the load.
         n = max(t.in_flight, 0)
+        busy = f"{n} in flight" if t.slots <= 1 else f"{n} in flight on {t.slots} slots"
         x = load(t, self.config.memory_weight)
-        if x - n <= TIE_EPS:
-            return f"{n} in flight"
-        return f"load {x:.1f} ({n} in flight + memory {x - n:.1f})"
+        per_slot = n / max(1, t.slots)
+        if x - per_slot <= TIE_EPS:
+            return busy
+        return f"load {x:.1f} ({busy} + memory {x - per_slot:.1f})"

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 import psutil
 
-from app.core.errors import InvalidRequest, ModelUnavailable, WorkerCrashed
+from app.core.errors import InvalidRequest, ModelUnavailable, WorkerCrashed, WorkerDied
 from app.core.runtime.local import worker_log
 
 _ids = itertools.count(1)
@@ -66,10 +66,13 @@ class LoadSpec:
     n_gpu_layers: int = 0
     embedding: bool = False
     prompt_cache_bytes: int = 256 * 1024 * 1024
+    # Sequences decoded together, each with its own n_ctx of context (the KV cache holds parallel × n_ctx).
+    parallel: int = 1
 
 
 class WorkerHandle:
-    """One worker process. Many requests may be queued on it; they run one at a time in the worker.
+    """One worker process. Many requests may be queued on it; the worker decodes up to `spec.parallel` of them
+    together and queues the rest.
 
     A handle is made to be started: it is STARTING from birth, and `start` announces that state first, so the
     listener (`on_state`, set before `start`) hears every state the handle is in, once, in order.
@@ -88,6 +91,8 @@ class WorkerHandle:
         # Jobs the worker stopped early because their client went away.
         self.jobs_cancelled = 0
         self.dead_reason: str | None = None  # why it failed or stopped; None while it runs
+        # What the worker's slots held when a job last ended: [{"seq", "busy", "tokens"}] (batch.py slot_report).
+        self.slots: list[dict[str, Any]] = []
         # Why the model's files did not load, when they would fail the same way again (dead_reason); else None.
         self.load_error: str | None = None
         self.state = WorkerState.STARTING
@@ -191,7 +196,7 @@ class WorkerHandle:
                 kind = message.get("type")
                 if kind == "crash":
                     finished = True
-                    raise WorkerCrashed(f"The worker for '{self.model_id}' stopped: {message['message']}")
+                    raise WorkerDied(f"The worker for '{self.model_id}' stopped: {message['message']}")
                 if kind == "error":
                     finished = True
                     if message.get("invalid"):
@@ -221,6 +226,8 @@ class WorkerHandle:
                 message = json.loads(line)
                 if message.get("finish_reason") == "cancelled":
                     self.jobs_cancelled += 1
+                if "slots" in message:
+                    self.slots = message["slots"]
                 inbox = self._pending.get(message.get("id", ""))
                 if inbox is not None:
                     inbox.put_nowait(message)

@@ -1,9 +1,10 @@
 """The model worker: a separate OS process holding one llama.cpp model.
 
 Run as `python -m app.core.runtime.local.process FD`; FD is one end of a socket pair. The protocol is JSON
-lines. The parent sends a load spec first; the worker answers `ready` or `load_error`, then serves
-jobs one at a time from its queue, streaming `chunk` messages and ending each job with `done` or
-`error`. A `cancel` message stops a job between tokens. When the parent goes away the worker exits.
+lines. The parent sends a load spec first; the worker answers `ready` or `load_error`, then serves jobs as they
+come, up to `parallel` of them decoded together by the batch engine (batch.py), streaming `chunk` messages and
+ending each job with `done` or `error`. A `cancel` message stops a job at the next step. When the parent goes
+away the worker exits.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import threading
 from typing import Any, BinaryIO
 
 import jinja2
+from llama_cpp import Llama
 
-from app.core.runtime.local.grammar import SchemaRefused, grammar_for
-from app.core.runtime.local.llama import MeteredLlama
+from app.core.runtime.local.batch import BatchEngine
+from app.core.runtime.local.grammar import SchemaRefused
+from app.core.runtime.local.llama import load, use_threads
 from app.core.runtime.local.llama_log import LlamaLog
 from app.core.runtime.local.prompt_cache import PromptCache
 
@@ -60,28 +63,35 @@ class Worker:
     def __init__(self, sock: socket.socket) -> None:
         self._rfile: BinaryIO = sock.makefile("rb")
         self._wfile: BinaryIO = sock.makefile("wb")
-        self._jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self._cancelled: set[str] = set()
-        self._closing = threading.Event()
-        self.llm: MeteredLlama | None = None
+        self._jobs: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._cancels: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.llm: Llama | None = None
+        self.engine: BatchEngine | None = None  # None for an embedding model
+        self.n_ctx = 0  # the context of one request
 
     def send(self, message: dict[str, Any]) -> None:
         self._wfile.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
         self._wfile.flush()
 
     def load(self, spec: dict[str, Any]) -> None:
-        self.llm = MeteredLlama(
-            model_path=spec["model_path"],
-            n_ctx=spec.get("n_ctx", 4096),
+        self.n_ctx = int(spec.get("n_ctx", 4096))
+        embedding = bool(spec.get("embedding", False))
+        parallel = 1 if embedding else max(1, int(spec.get("parallel", 1)))
+        self.llm = load(
+            spec["model_path"],
+            n_seq_max=parallel,
+            n_ctx=self.n_ctx * parallel,
             n_threads=spec.get("n_threads"),
             n_gpu_layers=spec.get("n_gpu_layers", 0),
-            embedding=spec.get("embedding", False),
+            embedding=embedding,
             seed=spec.get("seed", 0xFFFFFFFF),
             # llama-cpp-python's own prints stay off (they come per request); llama.cpp's log goes through LlamaLog.
             verbose=False,
         )
-        if spec.get("prompt_cache_bytes"):
-            self.llm.prompt_cache = PromptCache(int(spec["prompt_cache_bytes"]))
+        if not embedding:
+            cache = PromptCache(int(spec["prompt_cache_bytes"])) if spec.get("prompt_cache_bytes") else None
+            self.engine = BatchEngine(self.llm, parallel=parallel, n_ctx_seq=self.n_ctx, send=self.send,
+                                      prompt_cache=cache)
 
     def _read_loop(self) -> None:
         try:
@@ -89,78 +99,83 @@ class Worker:
                 message = json.loads(line)
                 op = message.get("op")
                 if op == "cancel":
-                    self._cancelled.add(message["id"])
+                    self._cancels.put(message["id"])
                 elif op == "shutdown":
                     break
                 else:
                     self._jobs.put(message)
         except (OSError, ValueError):
             pass
-        # The parent closed the socket or asked us to stop: finish the current token and exit.
-        self._closing.set()
+        # The parent closed the socket or asked us to stop: finish the current step and exit.
         self._jobs.put(None)
 
     def serve(self) -> None:
+        """Take new jobs and cancellations between steps; wait for a job only when nothing runs."""
         threading.Thread(target=self._read_loop, name="worker-reader", daemon=True).start()
-        while (job := self._jobs.get()) is not None:
-            job_id = job["id"]
-            try:
-                if job_id in self._cancelled:
-                    self.send({"id": job_id, "type": "done", "finish_reason": "cancelled", "usage": None})
-                else:
-                    self._run(job)
-            except BrokenPipeError:
-                return
-            except Refused as exc:
-                self.send({"id": job_id, "type": "error", "invalid": True, "code": exc.code, "message": str(exc)})
-            except ValueError as exc:
-                # llama-cpp-python's way of rejecting a request once it runs (prompt longer than the context...).
-                self.send({"id": job_id, "type": "error", "invalid": True, "message": str(exc)})
-            except Exception as exc:  # the model failed; the worker lives on and reports it to the caller
-                self.send({"id": job_id, "type": "error", "message": f"{type(exc).__name__}: {exc}"})
-            finally:
-                self._cancelled.discard(job_id)
+        engine = self.engine
+        try:
+            while True:
+                busy = engine is not None and engine.busy
+                try:
+                    jobs = [self._jobs.get_nowait() if busy else self._jobs.get()]
+                except queue.Empty:
+                    jobs = []
+                while not self._jobs.empty():
+                    jobs.append(self._jobs.get_nowait())
+                for job in jobs:
+                    if job is None:
+                        return
+                    self._take(job)
+                if engine is None:
+                    continue
+                cancelled = set()
+                while not self._cancels.empty():
+                    cancelled.add(self._cancels.get_nowait())
+                if cancelled:
+                    engine.cancel(cancelled)
+                if engine.busy:
+                    self._step(engine)
+        except BrokenPipeError:
+            return
+        finally:
+            if engine is not None:
+                engine.close()
 
-    def _run(self, job: dict[str, Any]) -> None:
+    def _take(self, job: dict[str, Any]) -> None:
+        """Start a job: an embedding at once, anything else into the batch engine. A job that cannot be served
+        as given is refused here, before any of it runs."""
         assert self.llm is not None
         job_id, op, params = job["id"], job["op"], job.get("params", {})
         if job.get("threads"):
-            self.llm.use_threads(*job["threads"])
-        if op == "embeddings":
-            result = self.llm.create_embedding(**params)
-            self.send({"id": job_id, "type": "done", "result": result})
-            return
+            use_threads(self.llm, *job["threads"])
         try:
+            if op == "embeddings":
+                result = self.llm.create_embedding(**params)
+                self.send({"id": job_id, "type": "done", "result": result})
+                return
+            if self.engine is None:
+                raise Refused(f"This model serves embeddings only, not {op}", "invalid_request")
+            if op == "chat" and any(isinstance(m.get("content"), list) for m in params.get("messages", ())):
+                raise Refused("This model's worker does not read images (its projector is not loaded)",
+                              "unsupported_content")
             # Rendering the chat template, building a grammar from a schema and tokenizing happen here, before any
             # token is decoded: whatever fails now failed because of this request, never because of the model.
-            # With stream=True, a generator of chunk dicts (the library's annotations cover both modes).
-            vocabulary = self.llm.n_vocab()
-            if any(int(token) >= vocabulary for token in params.get("logit_bias") or ()):
-                raise ValueError(f"logit_bias names a token id beyond this model's vocabulary of {vocabulary}")
-            if op == "chat":
-                if any(isinstance(m.get("content"), list) for m in params.get("messages", ())):
-                    raise Refused("This model's worker does not read images (its projector is not loaded)",
-                                  "unsupported_content")
-                if "response_format" in params:
-                    params = {**params, "grammar": grammar_for(params.pop("response_format"))}
-                stream: Any = self.llm.create_chat_completion(**params, stream=True)
-            elif op == "completion":
-                stream = self.llm.create_completion(**params, stream=True)
-            else:
-                raise ValueError(f"unknown operation {op!r}")
+            self.engine.submit(job_id, op, params)
+        except BrokenPipeError:
+            raise
         except Exception as exc:
-            raise Refused.of(exc) from exc
-        finish_reason = None
-        for chunk in stream:
-            if job_id in self._cancelled or self._closing.is_set():
-                stream.close()
-                finish_reason = "cancelled"
-                break
-            self.send({"id": job_id, "type": "chunk", "data": chunk})
-        self.send({"id": job_id, "type": "done", "finish_reason": finish_reason, "usage": self.llm.usage(),
-                   "threads": [self.llm.n_threads, self.llm.n_threads_batch]})
-        # After the answer is sent: saving the state is not on the client's time.
-        self.llm.save_state_to_cache()
+            refused = Refused.of(exc)
+            self.send({"id": job_id, "type": "error", "invalid": True, "code": refused.code, "message": str(refused)})
+
+    def _step(self, engine: BatchEngine) -> None:
+        try:
+            engine.step()
+        except BrokenPipeError:
+            raise
+        except Exception as exc:  # the model failed: every request in the batch gets the error, the worker lives on
+            for request in [*engine.active(), *engine.waiting]:
+                self.send({"id": request.id, "type": "error", "message": f"{type(exc).__name__}: {exc}"})
+                engine.drop(request)
 
 
 def main(argv: list[str]) -> int:
@@ -179,7 +194,7 @@ def main(argv: list[str]) -> int:
         return 1
     log.serving()
     assert worker.llm is not None
-    worker.send({"type": "ready", "pid": os.getpid(), "n_ctx": worker.llm.n_ctx()})
+    worker.send({"type": "ready", "pid": os.getpid(), "n_ctx": worker.n_ctx})
     worker.serve()
     return 0
 

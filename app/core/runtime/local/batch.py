@@ -1,0 +1,449 @@
+"""The worker's batched decode loop: up to `parallel` requests decoded together in one llama.cpp context.
+
+Each request runs in a slot, one llama.cpp sequence of a unified KV cache of parallel × n_ctx cells. A step decodes
+one token of every generating request plus a chunk of the prompts still pending (chunked prefill: a long prompt
+delays the others by one chunk per step, never by its whole length), then samples each request that got logits
+with its own sampler chain. A request starts from the longest prefix any slot holds, active or idle (copied with
+llama_memory_seq_cp, not evaluated again); idle slots keep their tokens as a cache until a request needs the slot
+or the cells, least recently used first, and then go to the RAM prompt cache, the second tier.
+
+Long module: the slots, the sampler chains, the batch and the text a request streams (stop strings, UTF-8 split
+across tokens) are one loop's state; split up, each piece would need all the others.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from app.core.runtime.local.grammar import grammar_for
+from app.core.runtime.local.prompt_cache import PromptCache, common_prefix
+
+Send = Callable[[dict[str, Any]], None]
+_arrivals = itertools.count()
+
+# llama-cpp-python's defaults for each endpoint, so answers stay what they were before batching.
+CHAT_DEFAULTS = {"temperature": 0.2, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
+COMPLETION_DEFAULTS = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
+PENALTY_LAST_N = 64
+RANDOM_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: a random seed per request
+# A model without a chat template is spoken to in ChatML, the most common format.
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+
+
+class RequestError(ValueError):
+    """The request cannot be served as given (too long for the context, a bad parameter): the model is fine."""
+
+
+@dataclass
+class Sampling:
+    temperature: float
+    top_p: float
+    top_k: int
+    min_p: float
+    seed: int
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repeat_penalty: float = 1.0
+    logit_bias: dict[int, float] = field(default_factory=dict)
+    grammar: str | None = None
+
+    @classmethod
+    def of(cls, op: str, params: dict[str, Any]) -> Sampling:
+        defaults = CHAT_DEFAULTS if op == "chat" else COMPLETION_DEFAULTS
+        value = {name: params.get(name, default) for name, default in defaults.items()}
+        grammar = grammar_for(params["response_format"]) if params.get("response_format") else None
+        return cls(
+            temperature=float(value["temperature"]), top_p=float(value["top_p"]), top_k=int(value["top_k"]),
+            min_p=float(value["min_p"]), seed=int(params.get("seed", RANDOM_SEED)) & 0xFFFFFFFF,
+            presence_penalty=float(params.get("presence_penalty", 0.0)),
+            frequency_penalty=float(params.get("frequency_penalty", 0.0)),
+            repeat_penalty=float(params.get("repeat_penalty", 1.0)),
+            logit_bias={int(k): float(v) for k, v in (params.get("logit_bias") or {}).items()},
+            grammar=grammar._grammar if grammar is not None else None,  # the GBNF text llama.cpp parses
+        )
+
+    def chain(self, vocab: Any, n_vocab: int) -> Any:
+        """A llama.cpp sampler chain: constraints first (grammar, biases, penalties), then the choice."""
+        chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
+        add = llama_cpp.llama_sampler_chain_add
+        if self.grammar is not None:
+            add(chain, llama_cpp.llama_sampler_init_grammar(vocab, self.grammar.encode(), b"root"))
+        if self.logit_bias:
+            biases = (llama_cpp.llama_logit_bias * len(self.logit_bias))(
+                *(llama_cpp.llama_logit_bias(token, bias) for token, bias in self.logit_bias.items()))
+            add(chain, llama_cpp.llama_sampler_init_logit_bias(n_vocab, len(self.logit_bias), biases))
+        if self.repeat_penalty != 1.0 or self.frequency_penalty or self.presence_penalty:
+            add(chain, llama_cpp.llama_sampler_init_penalties(PENALTY_LAST_N, self.repeat_penalty,
+                                                              self.frequency_penalty, self.presence_penalty))
+        if self.temperature <= 0:
+            add(chain, llama_cpp.llama_sampler_init_greedy())
+            return chain
+        add(chain, llama_cpp.llama_sampler_init_top_k(self.top_k))
+        add(chain, llama_cpp.llama_sampler_init_top_p(self.top_p, 1))
+        add(chain, llama_cpp.llama_sampler_init_min_p(self.min_p, 1))
+        add(chain, llama_cpp.llama_sampler_init_temp(self.temperature))
+        add(chain, llama_cpp.llama_sampler_init_dist(self.seed))
+        return chain
+
+
+@dataclass
+class Slot:
+    """One sequence of the context: the tokens its KV cells hold, and the request using it (None: idle)."""
+
+    seq_id: int
+    tokens: list[int] = field(default_factory=list)
+    request: Request | None = None
+    last_used: float = 0.0
+
+
+class Request:
+    """One job being served: its prompt, its sampler, what it generated and the text it has yet to send."""
+
+    def __init__(self, job_id: str, op: str, prompt: list[int], sampling: Sampling, *, max_tokens: int,
+                 stop: list[str], echo: str | None) -> None:
+        self.id = job_id
+        self.op = op
+        self.prompt = prompt
+        self.sampling = sampling
+        self.max_tokens = max_tokens
+        self.stop = stop
+        self.echo = echo
+        self.chain: Any = None
+        self.slot: Slot | None = None
+        self.evaluated = 0  # prompt tokens in the slot's cells
+        self.cached = 0  # of those, the ones reused from a cache
+        self.next_token: int | None = None  # sampled, not yet decoded
+        self.completion_tokens = 0
+        self.held = ""  # text not sent yet: it may be the start of a stop string
+        self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self.started_role = False
+        self.created = int(time.time())
+        self.order = next(_arrivals)  # who came first, among the prompts still pending
+
+    @property
+    def prefilling(self) -> bool:
+        return self.evaluated < len(self.prompt)
+
+
+class BatchEngine:
+    def __init__(self, llm: llama_cpp.Llama, *, parallel: int, n_ctx_seq: int, send: Send,
+                 prompt_cache: PromptCache | None = None) -> None:
+        self.llm = llm
+        self.ctx = llm._ctx.ctx
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.vocab = llm._model.vocab
+        self.n_vocab = llm.n_vocab()
+        self.n_ctx_seq = n_ctx_seq
+        self.n_cells = parallel * n_ctx_seq
+        self.n_batch = llm.n_batch
+        self.send = send
+        self.prompt_cache = prompt_cache
+        self.slots = [Slot(seq_id) for seq_id in range(parallel)]
+        self.waiting: list[Request] = []
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, parallel)
+        self._formatter = _formatter(llm)
+
+    def close(self) -> None:
+        for request in self.active():
+            self._free(request)
+        llama_cpp.llama_batch_free(self._batch)
+
+    # -- requests -------------------------------------------------------------------------------
+    def submit(self, job_id: str, op: str, params: dict[str, Any]) -> None:
+        """Queue a chat or completion job. Raises for a request that cannot be served (formatting, grammar, too
+        long): nothing of it has run, and the caller reports it."""
+        params = dict(params)
+        stop = list(params.get("stop") or [])
+        echo = None
+        if op == "chat":
+            rendered = self._formatter(messages=params["messages"])
+            prompt = self.llm.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True)
+            stop += [s for s in ([rendered.stop] if isinstance(rendered.stop, str) else rendered.stop or [])
+                     if s and s not in stop]
+        elif op == "completion":
+            text = params["prompt"]
+            prompt = self.llm.tokenize(text.encode(), add_bos=True, special=True)
+            echo = text if params.get("echo") else None
+        else:
+            raise RequestError(f"unknown operation {op!r}")
+        if not prompt:
+            raise RequestError("the prompt is empty once tokenized")
+        room = self.n_ctx_seq - len(prompt)
+        if room < 1:
+            raise RequestError(f"Requested tokens ({len(prompt)}) exceed context window of {self.n_ctx_seq}")
+        max_tokens = min(int(params.get("max_tokens") or room), room)
+        vocabulary = self.n_vocab
+        sampling = Sampling.of(op, params)
+        if any(token >= vocabulary or token < 0 for token in sampling.logit_bias):
+            raise RequestError(f"logit_bias names a token id beyond this model's vocabulary of {vocabulary}")
+        request = Request(job_id, op, prompt, sampling, max_tokens=max_tokens, stop=stop, echo=echo)
+        request.chain = sampling.chain(self.vocab, self.n_vocab)
+        self.waiting.append(request)
+
+    def cancel(self, job_ids: set[str]) -> None:
+        """Stop the named jobs at this step: their slots are free for the next."""
+        for request in [*self.active(), *self.waiting]:
+            if request.id in job_ids:
+                self._finish(request, "cancelled")
+
+    def active(self) -> list[Request]:
+        return [slot.request for slot in self.slots if slot.request is not None]
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.waiting) or any(slot.request is not None for slot in self.slots)
+
+    def slot_report(self) -> list[dict[str, Any]]:
+        """What each slot holds: for the pool and the router (busy or idle, cached tokens)."""
+        return [{"seq": s.seq_id, "busy": s.request is not None, "tokens": len(s.tokens)} for s in self.slots]
+
+    # -- one step -------------------------------------------------------------------------------
+    def step(self) -> None:
+        """Admit what fits, decode one batch, sample every request that got logits."""
+        self._admit()
+        entries = self._fill_batch()
+        if not entries:
+            return
+        result = llama_cpp.llama_decode(self.ctx, self._batch)
+        if result == 1 and self._evict_idle(self._batch.n_tokens):
+            result = llama_cpp.llama_decode(self.ctx, self._batch)
+        if result != 0:
+            raise RuntimeError(f"llama_decode failed ({result}) on a batch of {self._batch.n_tokens} tokens")
+        for request, index in entries:
+            if request.slot is not None:  # not cancelled meanwhile
+                self._sample(request, index)
+
+    def _admit(self) -> None:
+        while self.waiting:
+            request = self.waiting[0]
+            slot = self._place(request)
+            if slot is None:
+                return
+            self.waiting.pop(0)
+
+    def _place(self, request: Request) -> Slot | None:
+        """Give the request a slot, starting from the longest prefix any slot, or the RAM cache, holds."""
+        idle = [s for s in self.slots if s.request is None]
+        if not idle:
+            return None
+        prompt = request.prompt
+        source, shared = max(((s, common_prefix(s.tokens, prompt)) for s in self.slots), key=lambda p: p[1])
+        if source.request is None and shared > 0:
+            slot = source
+        else:
+            # An empty slot first, else the one idle longest (its cells are the least likely to be asked for).
+            slot = min(idle, key=lambda s: (bool(s.tokens), s.last_used))
+        found = self.prompt_cache.best(prompt) if self.prompt_cache is not None else None
+        if found is not None and found[2] > shared and self._restore(slot, found):
+            shared = found[2]
+        elif slot is source:
+            if len(slot.tokens) > shared:
+                self._save(slot)  # the part cut off below stays within reach, from RAM
+        else:
+            self._release_cells(slot)
+            if shared > 0:
+                llama_cpp.llama_memory_seq_cp(self.memory, source.seq_id, slot.seq_id, 0, shared)
+                slot.tokens = prompt[:shared]
+        # The last prompt token is always decoded again: sampling needs its logits.
+        shared = min(shared, len(prompt) - 1)
+        llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, shared, -1)
+        del slot.tokens[shared:]
+        slot.request, request.slot = request, slot
+        request.evaluated = request.cached = shared
+        return slot
+
+    def _restore(self, slot: Slot, found: tuple[tuple[int, ...], bytes, int]) -> bool:
+        """Replace what the slot holds (kept in RAM) with a state from the RAM cache."""
+        key, data, _ = found
+        self._release_cells(slot)
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if llama_cpp.llama_state_seq_set_data(self.ctx, buffer, len(data), slot.seq_id) != len(data):
+            llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, 0, -1)
+            return False
+        slot.tokens = list(key)
+        return True
+
+    def _save(self, slot: Slot) -> None:
+        if slot.tokens and self.prompt_cache is not None:
+            size = llama_cpp.llama_state_seq_get_size(self.ctx, slot.seq_id)
+            buffer = (ctypes.c_uint8 * size)()
+            written = llama_cpp.llama_state_seq_get_data(self.ctx, buffer, size, slot.seq_id)
+            self.prompt_cache.put(slot.tokens, ctypes.string_at(buffer, written))
+
+    def _release_cells(self, slot: Slot) -> None:
+        """Empty a slot, keeping what it held in the RAM cache (the second tier)."""
+        self._save(slot)
+        llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, 0, -1)
+        slot.tokens = []
+
+    def _evict_idle(self, needed: int) -> bool:
+        """Free the cells of idle slots, least recently used first, until `needed` more fit; False if none was."""
+        freed = False
+        for slot in sorted((s for s in self.slots if s.request is None and s.tokens), key=lambda s: s.last_used):
+            self._release_cells(slot)
+            freed = True
+            if self._cells_used() + needed <= self.n_cells:
+                break
+        return freed
+
+    def _cells_used(self) -> int:
+        # An upper bound: cells shared by several sequences count once in llama.cpp, here once per sequence.
+        return sum(len(s.tokens) for s in self.slots)
+
+    def _fill_batch(self) -> list[tuple[Request, int]]:
+        """One token of every generating request, then a chunk of the oldest pending prompt up to the batch size;
+        returns who gets logits at which batch index.
+
+        One prompt per batch: with flash attention, llama.cpp 0.3.36 answers wrongly when a batch prefills three
+        or more sequences at once (the third of three identical prompts says "La femme de France..." instead of
+        "Paris"); one prompt chunk beside single generated tokens is always right. The next prompt waits a step."""
+        batch = self._batch
+        batch.n_tokens = 0
+        entries: list[tuple[Request, int]] = []
+        pending: list[Request] = []
+        for request in self.active():
+            slot = request.slot
+            assert slot is not None
+            if request.prefilling:
+                pending.append(request)
+            else:
+                assert request.next_token is not None
+                entries.append((request, self._add(slot, request.next_token, logits=True)))
+        if pending:
+            request = min(pending, key=lambda r: r.order)
+            slot = request.slot
+            assert slot is not None
+            chunk = request.prompt[request.evaluated:request.evaluated + self.n_batch - batch.n_tokens]
+            for offset, token in enumerate(chunk):
+                last = request.evaluated + offset == len(request.prompt) - 1
+                index = self._add(slot, token, logits=last)
+                if last:
+                    entries.append((request, index))
+            request.evaluated += len(chunk)
+        if batch.n_tokens and self._cells_used() > self.n_cells:
+            self._evict_idle(0)
+        return entries
+
+    def _add(self, slot: Slot, token: int, *, logits: bool) -> int:
+        batch = self._batch
+        i = batch.n_tokens
+        batch.token[i] = token
+        batch.pos[i] = len(slot.tokens)
+        batch.n_seq_id[i] = 1
+        batch.seq_id[i][0] = slot.seq_id
+        batch.logits[i] = logits
+        batch.n_tokens = i + 1
+        slot.tokens.append(token)
+        return i
+
+    # -- sampling and text ---------------------------------------------------------------------
+    def _sample(self, request: Request, index: int) -> None:
+        token = llama_cpp.llama_sampler_sample(request.chain, self.ctx, index)
+        if llama_cpp.llama_vocab_is_eog(self.vocab, token):
+            self._finish(request, "stop")
+            return
+        request.completion_tokens += 1
+        request.next_token = token
+        text = request.decoder.decode(_piece(self.vocab, token))
+        if self._emit(request, text):
+            return
+        slot = request.slot
+        assert slot is not None
+        if request.completion_tokens >= request.max_tokens or len(slot.tokens) + 1 >= self.n_ctx_seq:
+            self._finish(request, "length")
+
+    def _emit(self, request: Request, text: str) -> bool:
+        """Send what can be sent of the text so far; True when a stop string ended the request."""
+        held = request.held + text
+        for stop in request.stop:
+            at = held.find(stop)
+            if at >= 0:
+                self._chunk(request, held[:at])
+                request.held = ""
+                self._finish(request, "stop")
+                return True
+        # Hold back the end that could be the start of a stop string.
+        keep = max((k for stop in request.stop for k in range(min(len(stop) - 1, len(held)), 0, -1)
+                    if held.endswith(stop[:k])), default=0)
+        self._chunk(request, held[:len(held) - keep])
+        request.held = held[len(held) - keep:]
+        return False
+
+    def _chunk(self, request: Request, text: str, finish_reason: str | None = None) -> None:
+        if not text and finish_reason is None and (request.started_role or request.op != "chat"):
+            return
+        if request.op == "chat":
+            delta: dict[str, Any] = {} if finish_reason else {"content": text} if text else {}
+            if not request.started_role:
+                delta = {"role": "assistant", **delta}
+                request.started_role = True
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            data = {"id": request.id, "object": "chat.completion.chunk", "created": request.created, "model": "",
+                    "choices": [choice]}
+        else:
+            if request.echo is not None:
+                text, request.echo = request.echo + text, None
+            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            data = {"id": request.id, "object": "text_completion", "created": request.created, "model": "",
+                    "choices": [choice]}
+        self.send({"id": request.id, "type": "chunk", "data": data})
+
+    def _finish(self, request: Request, reason: str) -> None:
+        if reason != "cancelled":
+            tail = request.held + request.decoder.decode(b"", final=True)
+            if reason != "stop" or not any(s in tail for s in request.stop):
+                self._chunk(request, tail)
+            self._chunk(request, "", finish_reason=reason)
+        prompt = len(request.prompt)
+        usage = {"prompt_tokens": prompt, "completion_tokens": request.completion_tokens,
+                 "total_tokens": prompt + request.completion_tokens, "cached_tokens": request.cached}
+        self._free(request)
+        self.send({"id": request.id, "type": "done", "finish_reason": None if reason != "cancelled" else reason,
+                   "usage": usage if reason != "cancelled" else None, "slots": self.slot_report(),
+                   "threads": [self.llm.n_threads, self.llm.n_threads_batch]})
+
+    def drop(self, request: Request) -> None:
+        """Forget a request without a word to its client (the caller told it why)."""
+        self._free(request)
+
+    def _free(self, request: Request) -> None:
+        if request in self.waiting:
+            self.waiting.remove(request)
+        if request.chain is not None:
+            llama_cpp.llama_sampler_free(request.chain)
+            request.chain = None
+        slot = request.slot
+        if slot is not None:
+            slot.request, request.slot = None, None
+            slot.last_used = time.monotonic()
+            if request.prefilling:  # cancelled mid-prompt: what it evaluated is a prefix all the same
+                del slot.tokens[request.evaluated:]
+
+
+def _piece(vocab: Any, token: int) -> bytes:
+    buffer = ctypes.create_string_buffer(64)
+    n = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
+    if n < 0:
+        buffer = ctypes.create_string_buffer(-n)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
+    return buffer.raw[:n]
+
+
+def _formatter(llm: llama_cpp.Llama) -> Jinja2ChatFormatter:
+    """The model's own chat template, as llama-cpp-python renders it (sandboxed jinja2)."""
+    model = llm._model
+    eos = model.token_eos()
+    bos = model.token_bos()
+    template = llm.metadata.get("tokenizer.chat_template") or CHATML
+    return Jinja2ChatFormatter(template=template, eos_token=model.token_get_text(eos) if eos >= 0 else "",
+                               bos_token=model.token_get_text(bos) if bos >= 0 else "", stop_token_ids=[eos])
