@@ -21,7 +21,7 @@ import pytest
 from app.core.errors import InvalidRequest, ModelUnavailable, WorkerCrashed
 from app.core.runtime.remote.handle import RemoteHandle, RemoteSpec
 from tests.support.models import make_embedding_model
-from tests.support.servers import Served, free_port, start_server
+from tests.support.servers import LLAMA_CPP_SERVER, Served, free_port, start_server
 
 pytestmark = pytest.mark.slow
 
@@ -51,14 +51,6 @@ def sb_keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     served = start_server(tmp_path_factory.mktemp("remote-keyed"), env={"SWITCHBOARD_API_KEY": KEY})
     yield served
     served.stop()
-
-
-# `python -m llama_cpp.server ARGS`, loading its model with the parameters this CPU needs (as our worker does).
-LLAMA_CPP_SERVER = ("import runpy, sys\n"
-                    "from app.core.runtime.local.llama import model_defaults\n"
-                    "sys.argv[0] = 'llama_cpp.server'\n"
-                    "with model_defaults():\n"
-                    "    runpy.run_module('llama_cpp.server', run_name='__main__')\n")
 
 
 class LlamaServer:

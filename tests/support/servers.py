@@ -13,6 +13,13 @@ from pathlib import Path
 
 import httpx
 
+# `python -m llama_cpp.server ARGS`, loading its model with the parameters this CPU needs (as our worker does).
+LLAMA_CPP_SERVER = ("import runpy, sys\n"
+                    "from app.core.runtime.local.llama import model_defaults\n"
+                    "sys.argv[0] = 'llama_cpp.server'\n"
+                    "with model_defaults():\n"
+                    "    runpy.run_module('llama_cpp.server', run_name='__main__')\n")
+
 
 def free_port() -> int:
     with socket.socket() as s:
