@@ -160,6 +160,14 @@ class ChatCompletionRequest(_Sampling):
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+    @model_validator(mode="after")
+    def _top_needs_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
 
     def params(self) -> dict[str, Any]:
         params = self.sampling()
@@ -168,6 +176,8 @@ class ChatCompletionRequest(_Sampling):
         params["messages"] = [m.for_template(f"messages[{i}]") for i, m in enumerate(self.messages)]
         if self.response_format is not None and self.response_format.type != "text":
             params["response_format"] = self.response_format.model_dump(exclude_none=True, by_alias=True)
+        if self.logprobs:
+            params["top_logprobs"] = self.top_logprobs or 0
         if self.tools:
             params["tools"] = self.tools
             if self.tool_choice is not None:

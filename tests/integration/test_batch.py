@@ -181,3 +181,20 @@ def test_a_prompt_longer_than_the_context_is_refused_before_it_runs(engine: tupl
     with pytest.raises(RequestError, match="exceed context window"):
         batch.submit("long", "chat", {"messages": [{"role": "user", "content": "word " * 5000}]})
     assert not batch.busy
+
+
+def test_logprobs_are_per_request(engine: tuple[BatchEngine, Outbox]) -> None:
+    batch, outbox = engine
+    batch.submit("with", "chat", {**ask("France"), "top_logprobs": 3})
+    batch.submit("without", "chat", ask("Germany"))
+    run(batch)
+    entries = [e for m in outbox.messages if m["id"] == "with" and m["type"] == "chunk"
+               for e in ((m["data"]["choices"][0]["logprobs"] or {}).get("content") or [])]
+    assert len(entries) == outbox.done("with")["usage"]["completion_tokens"]
+    assert "".join(e["token"] for e in entries) == outbox.text("with")
+    for entry in entries:  # greedy: the chosen token is the likeliest
+        assert entry["logprob"] <= 0 and len(entry["top_logprobs"]) == 3
+        assert entry["top_logprobs"][0]["token"] == entry["token"]
+        assert entry["top_logprobs"][0]["logprob"] >= entry["top_logprobs"][1]["logprob"]
+    assert all(m["data"]["choices"][0]["logprobs"] is None for m in outbox.messages
+               if m["id"] == "without" and m["type"] == "chunk")

@@ -88,6 +88,16 @@ def test_json_response_format(client: openai.OpenAI) -> None:
     json.loads(completion.choices[0].message.content)
 
 
+def test_logprobs(client: openai.OpenAI) -> None:
+    completion = client.chat.completions.create(
+        model=DEFAULT_ID, temperature=0, max_tokens=8, logprobs=True, top_logprobs=2,
+        messages=[SYSTEM, {"role": "user", "content": "What is the capital of France?"}])
+    choice = completion.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content
+    assert "".join(t.token for t in choice.logprobs.content) == choice.message.content
+    assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in choice.logprobs.content)
+
+
 def test_stop_and_seed(client: openai.OpenAI) -> None:
     kwargs = dict(model=DEFAULT_ID, prompt="Count: 1, 2, 3, 4,", max_tokens=20, temperature=0.9, seed=7)
     first = client.completions.create(**kwargs).choices[0].text

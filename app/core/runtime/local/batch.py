@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp
+import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from app.core.runtime.local.grammar import grammar_for
@@ -110,7 +111,7 @@ class Request:
     """One job being served: its prompt, its sampler, what it generated and the text it has yet to send."""
 
     def __init__(self, job_id: str, op: str, prompt: list[int], sampling: Sampling, *, max_tokens: int,
-                 stop: list[str], echo: str | None) -> None:
+                 stop: list[str], echo: str | None, top_logprobs: int | None = None) -> None:
         self.id = job_id
         self.op = op
         self.prompt = prompt
@@ -118,6 +119,8 @@ class Request:
         self.max_tokens = max_tokens
         self.stop = stop
         self.echo = echo
+        self.top_logprobs = top_logprobs  # None: no logprobs; else how many alternatives per token
+        self.logprobs: list[dict[str, Any]] = []  # entries not sent yet: they go with the next chunk
         self.chain: Any = None
         self.slot: Slot | None = None
         self.evaluated = 0  # prompt tokens in the slot's cells
@@ -186,7 +189,9 @@ class BatchEngine:
         sampling = Sampling.of(op, params)
         if any(token >= vocabulary or token < 0 for token in sampling.logit_bias):
             raise RequestError(f"logit_bias names a token id beyond this model's vocabulary of {vocabulary}")
-        request = Request(job_id, op, prompt, sampling, max_tokens=max_tokens, stop=stop, echo=echo)
+        top = params.get("top_logprobs") if op == "chat" else None
+        request = Request(job_id, op, prompt, sampling, max_tokens=max_tokens, stop=stop, echo=echo,
+                          top_logprobs=None if top is None else int(top))
         request.chain = sampling.chain(self.vocab, self.n_vocab)
         self.waiting.append(request)
 
@@ -354,13 +359,31 @@ class BatchEngine:
             return
         request.completion_tokens += 1
         request.next_token = token
-        text = request.decoder.decode(_piece(self.vocab, token))
+        piece = _piece(self.vocab, token)
+        if request.top_logprobs is not None:
+            request.logprobs.append(self._logprob(index, token, piece, request.top_logprobs))
+        text = request.decoder.decode(piece)
         if self._emit(request, text):
             return
         slot = request.slot
         assert slot is not None
         if request.completion_tokens >= request.max_tokens or len(slot.tokens) + 1 >= self.n_ctx_seq:
             self._finish(request, "length")
+
+    def _logprob(self, index: int, token: int, piece: bytes, top: int) -> dict[str, Any]:
+        """OpenAI's logprobs entry for a sampled token: its log-probability under the model (before sampling's
+        filters) and the `top` likeliest tokens'."""
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.ctx, index), shape=(self.n_vocab,))
+        peak = float(logits.max())
+        log_total = peak + float(np.log(np.exp(logits - peak).sum()))
+
+        def entry(tok: int, data: bytes) -> dict[str, Any]:
+            return {"token": data.decode("utf-8", "replace"), "logprob": float(logits[tok]) - log_total,
+                    "bytes": list(data)}
+
+        best = np.argpartition(logits, -top)[-top:] if top else np.array([], dtype=int)
+        alternatives = [entry(int(t), _piece(self.vocab, int(t))) for t in best[np.argsort(-logits[best])]]
+        return {**entry(token, piece), "top_logprobs": alternatives}
 
     def _emit(self, request: Request, text: str) -> bool:
         """Send what can be sent of the text so far; True when a stop string ended the request."""
@@ -382,12 +405,15 @@ class BatchEngine:
     def _chunk(self, request: Request, text: str, finish_reason: str | None = None) -> None:
         if not text and finish_reason is None and (request.started_role or request.op != "chat"):
             return
+        logprobs = {"content": request.logprobs} if request.logprobs else None
+        request.logprobs = []
         if request.op == "chat":
             delta: dict[str, Any] = {} if finish_reason else {"content": text} if text else {}
             if not request.started_role:
                 delta = {"role": "assistant", **delta}
                 request.started_role = True
-            choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+            choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": logprobs,
+                                      "finish_reason": finish_reason}
             data = {"id": request.id, "object": "chat.completion.chunk", "created": request.created, "model": "",
                     "choices": [choice]}
         else:
