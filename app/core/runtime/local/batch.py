@@ -25,7 +25,7 @@ import llama_cpp
 import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from app.core.runtime.local.grammar import grammar_for
+from app.core.runtime.local.grammar import SchemaRefused, grammar_for
 from app.core.runtime.local.prompt_cache import PromptCache, common_prefix
 
 Send = Callable[[dict[str, Any]], None]
@@ -62,7 +62,6 @@ class Sampling:
     def of(cls, op: str, params: dict[str, Any]) -> Sampling:
         defaults = CHAT_DEFAULTS if op == "chat" else COMPLETION_DEFAULTS
         value = {name: params.get(name, default) for name, default in defaults.items()}
-        grammar = grammar_for(params["response_format"]) if params.get("response_format") else None
         return cls(
             temperature=float(value["temperature"]), top_p=float(value["top_p"]), top_k=int(value["top_k"]),
             min_p=float(value["min_p"]), seed=int(params.get("seed", RANDOM_SEED)) & 0xFFFFFFFF,
@@ -70,7 +69,7 @@ class Sampling:
             frequency_penalty=float(params.get("frequency_penalty", 0.0)),
             repeat_penalty=float(params.get("repeat_penalty", 1.0)),
             logit_bias={int(k): float(v) for k, v in (params.get("logit_bias") or {}).items()},
-            grammar=grammar._grammar if grammar is not None else None,  # the GBNF text llama.cpp parses
+            grammar=grammar_for(params["response_format"]) if params.get("response_format") else None,
         )
 
     def chain(self, vocab: Any, n_vocab: int) -> Any:
@@ -78,7 +77,11 @@ class Sampling:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
         if self.grammar is not None:
-            add(chain, llama_cpp.llama_sampler_init_grammar(vocab, self.grammar.encode(), b"root"))
+            grammar = llama_cpp.llama_sampler_init_grammar(vocab, self.grammar.encode(), b"root")
+            if not grammar:  # llama.cpp could not parse it: NULL, which a chain must never hold
+                llama_cpp.llama_sampler_free(chain)
+                raise SchemaRefused("The response_format schema gave a grammar llama.cpp cannot parse")
+            add(chain, grammar)
         if self.logit_bias:
             biases = (llama_cpp.llama_logit_bias * len(self.logit_bias))(
                 *(llama_cpp.llama_logit_bias(token, bias) for token, bias in self.logit_bias.items()))
@@ -207,10 +210,6 @@ class BatchEngine:
     @property
     def busy(self) -> bool:
         return bool(self.waiting) or any(slot.request is not None for slot in self.slots)
-
-    def slot_report(self) -> list[dict[str, Any]]:
-        """What each slot holds: for the pool and the router (busy or idle, cached tokens)."""
-        return [{"seq": s.seq_id, "busy": s.request is not None, "tokens": len(s.tokens)} for s in self.slots]
 
     # -- one step -------------------------------------------------------------------------------
     def step(self) -> None:
@@ -435,7 +434,7 @@ class BatchEngine:
                  "total_tokens": prompt + request.completion_tokens, "cached_tokens": request.cached}
         self._free(request)
         self.send({"id": request.id, "type": "done", "finish_reason": None if reason != "cancelled" else reason,
-                   "usage": usage if reason != "cancelled" else None, "slots": self.slot_report(),
+                   "usage": usage if reason != "cancelled" else None,
                    "threads": [self.llm.n_threads, self.llm.n_threads_batch]})
 
     def drop(self, request: Request) -> None:

@@ -10,16 +10,16 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 
 class SchemaRefused(ValueError):
     """The response_format's schema cannot be turned into a grammar."""
 
 
-def grammar_for(response_format: dict[str, Any]) -> LlamaGrammar | None:
-    """None for plain text; any JSON for json_object; the schema's grammar for json_schema (or json_object with
-    llama-cpp-python's `schema` extension)."""
+def grammar_for(response_format: dict[str, Any]) -> str | None:
+    """The GBNF text llama.cpp's grammar sampler parses: None for plain text; any JSON for json_object; the
+    schema's grammar for json_schema (or json_object with llama-cpp-python's `schema` extension)."""
     kind = response_format.get("type")
     if kind == "json_schema":
         schema = (response_format.get("json_schema") or {}).get("schema")
@@ -28,8 +28,8 @@ def grammar_for(response_format: dict[str, Any]) -> LlamaGrammar | None:
     else:
         return None
     if schema is None:
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+        return JSON_GBNF
     try:
-        return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
+        return json_schema_to_gbnf(json.dumps(schema))
     except Exception as exc:  # the converter asserts on what it cannot express
         raise SchemaRefused(f"The response_format schema cannot be used: {exc or type(exc).__name__}") from exc

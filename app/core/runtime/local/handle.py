@@ -91,8 +91,6 @@ class WorkerHandle:
         # Jobs the worker stopped early because their client went away.
         self.jobs_cancelled = 0
         self.dead_reason: str | None = None  # why it failed or stopped; None while it runs
-        # What the worker's slots held when a job last ended: [{"seq", "busy", "tokens"}] (batch.py slot_report).
-        self.slots: list[dict[str, Any]] = []
         # Why the model's files did not load, when they would fail the same way again (dead_reason); else None.
         self.load_error: str | None = None
         self.state = WorkerState.STARTING
@@ -226,8 +224,6 @@ class WorkerHandle:
                 message = json.loads(line)
                 if message.get("finish_reason") == "cancelled":
                     self.jobs_cancelled += 1
-                if "slots" in message:
-                    self.slots = message["slots"]
                 inbox = self._pending.get(message.get("id", ""))
                 if inbox is not None:
                     inbox.put_nowait(message)
