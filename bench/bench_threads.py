@@ -3,7 +3,7 @@
 Two real workers of the default model serve the same completion (a ~170-token prompt, 16 tokens out, no prompt
 cache) at the same time, in alternating blocks: once with llama.cpp's defaults in each (half the cores to
 generate, every core to read the prompt, so together they ask for more threads than there are cores), once with
-the share the pool gives each of two workers (`pool.thread_share`). Reported: mean seconds per request.
+the share the pool gives each of two workers (`threads.thread_share`). Reported: mean seconds per request.
 
     python -m bench threads
 """
@@ -25,7 +25,7 @@ PARAMS = {"prompt": "You are a helpful travel assistant. " * 20 + "Plan three da
 
 async def _measure() -> dict[str, list[float]]:
     from app.core.runtime.local.handle import LoadSpec, WorkerHandle
-    from app.core.runtime.pool import cpu_cores, thread_share
+    from app.core.runtime.threads import cpu_cores, thread_share
     from tests.support.models import find_default_model
 
     spec = LoadSpec(model_path=str(find_default_model()), n_ctx=2048, prompt_cache_bytes=0)
@@ -59,7 +59,7 @@ async def _measure() -> dict[str, list[float]]:
 
 
 def main() -> bool:
-    from app.core.runtime.pool import cpu_cores
+    from app.core.runtime.threads import cpu_cores
 
     times = asyncio.run(_measure())
     means = {name: statistics.fmean(values) for name, values in times.items()}

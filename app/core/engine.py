@@ -60,6 +60,7 @@ class Engine:
         self.stats = TargetStats()
         self.router = RequestRouter(self.registry, self.pool, self.quota, self.health, self.stats, self.store)
         self.pool.on_worker_gone = self.router.forget
+        self.pool.on_worker_report = self.router.reported
         # Health has one owner: the pool reports its workers' lifecycle to the book, and a model leaving the
         # catalog leaves the book.
         self.pool.on_worker_state = lambda model_id, replica, state, reason: self.health.worker_changed(
@@ -196,7 +197,7 @@ class Engine:
                      params: dict[str, Any], started: float, deadline: float) -> Job:
         entry = self.registry.resolve(decision.model_id)
         handle = await self.pool.acquire(entry, decision.replica)
-        messages = holding(place, handle.run(op, params))
+        messages = holding(place, handle.run(op, params, tag=request.request_id))
         try:
             first = await anext(messages)
         except BaseException:

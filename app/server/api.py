@@ -167,23 +167,25 @@ def _usage(raw: dict[str, int] | None) -> dict[str, Any] | None:
 def _assemble(op: str, chunks: list[dict[str, Any]], usage: dict | None, response_id: str, model: str) -> dict:
     finish_reason = None
     parts: list[str] = []
-    logprobs: list[dict[str, Any]] | None = None
+    logprobs: dict[str, list[Any]] | None = None  # each field's entries, in order (chat: "content")
     for chunk in chunks:
         for choice in chunk.get("choices", ()):
             piece = choice.get("delta", {}).get("content") if op == "chat" else choice.get("text")
             if piece:
                 parts.append(piece)
             if choice.get("logprobs"):
-                logprobs = (logprobs or []) + choice["logprobs"]["content"]
+                logprobs = logprobs or {}
+                for name, entries in choice["logprobs"].items():
+                    logprobs.setdefault(name, []).extend(entries)
             finish_reason = choice.get("finish_reason") or finish_reason
     text = "".join(parts)
     created = int(time.time())
     if op == "chat":
         choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason,
-                  "logprobs": None if logprobs is None else {"content": logprobs}}
+                  "logprobs": logprobs}
         return {"id": response_id, "object": "chat.completion", "created": created, "model": model,
                 "choices": [choice], "usage": usage}
-    choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+    choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": logprobs}
     return {"id": response_id, "object": "text_completion", "created": created, "model": model,
             "choices": [choice], "usage": usage}
 

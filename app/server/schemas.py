@@ -190,6 +190,14 @@ class CompletionRequest(_Sampling):
     # OpenAI's default for the legacy completions endpoint.
     max_tokens: int | None = Field(default=16, ge=1)
     echo: bool = False
+    # The legacy endpoint's logprobs: how many alternatives per token (0 gives the chosen token's alone).
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+
+    @model_validator(mode="after")
+    def _no_echoed_logprobs(self) -> CompletionRequest:
+        if self.echo and self.logprobs is not None:
+            raise ValueError("echo with logprobs is not supported: the prompt's own logprobs are not computed")
+        return self
 
     @field_validator("prompt")
     @classmethod
@@ -206,6 +214,8 @@ class CompletionRequest(_Sampling):
         params["prompt"] = self.prompt if isinstance(self.prompt, str) else self.prompt[0]
         if self.echo:
             params["echo"] = True
+        if self.logprobs is not None:
+            params["top_logprobs"] = self.logprobs
         return params
 
 

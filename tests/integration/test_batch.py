@@ -30,15 +30,21 @@ class Outbox:
         self.messages.append(message)
 
     def text(self, job_id: str) -> str:
-        chunks = [m["data"]["choices"][0] for m in self.messages if m["id"] == job_id and m["type"] == "chunk"]
+        chunks = self.choices(job_id)
         return "".join(c.get("delta", {}).get("content") or c.get("text") or "" for c in chunks)
 
+    def choices(self, job_id: str) -> list[dict[str, Any]]:
+        return [m["data"]["choices"][0] for m in self.messages if m.get("id") == job_id and m["type"] == "chunk"]
+
     def finish(self, job_id: str) -> str | None:
-        chunks = [m["data"]["choices"][0] for m in self.messages if m["id"] == job_id and m["type"] == "chunk"]
+        chunks = self.choices(job_id)
         return next((c["finish_reason"] for c in reversed(chunks) if c["finish_reason"]), None)
 
     def done(self, job_id: str) -> dict[str, Any] | None:
-        return next((m for m in self.messages if m["id"] == job_id and m["type"] == "done"), None)
+        return next((m for m in self.messages if m.get("id") == job_id and m["type"] == "done"), None)
+
+    def reports(self) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] == "slots"]
 
 
 @pytest.fixture(scope="module")
@@ -188,13 +194,57 @@ def test_logprobs_are_per_request(engine: tuple[BatchEngine, Outbox]) -> None:
     batch.submit("with", "chat", {**ask("France"), "top_logprobs": 3})
     batch.submit("without", "chat", ask("Germany"))
     run(batch)
-    entries = [e for m in outbox.messages if m["id"] == "with" and m["type"] == "chunk"
-               for e in ((m["data"]["choices"][0]["logprobs"] or {}).get("content") or [])]
+    entries = [e for c in outbox.choices("with") for e in ((c["logprobs"] or {}).get("content") or [])]
     assert len(entries) == outbox.done("with")["usage"]["completion_tokens"]
     assert "".join(e["token"] for e in entries) == outbox.text("with")
     for entry in entries:  # greedy: the chosen token is the likeliest
         assert entry["logprob"] <= 0 and len(entry["top_logprobs"]) == 3
         assert entry["top_logprobs"][0]["token"] == entry["token"]
         assert entry["top_logprobs"][0]["logprob"] >= entry["top_logprobs"][1]["logprob"]
-    assert all(m["data"]["choices"][0]["logprobs"] is None for m in outbox.messages
-               if m["id"] == "without" and m["type"] == "chunk")
+    assert all(c["logprobs"] is None for c in outbox.choices("without"))
+
+
+def test_legacy_completion_logprobs_come_as_columns(engine: tuple[BatchEngine, Outbox]) -> None:
+    batch, outbox = engine
+    batch.submit("c", "completion", {"prompt": "The capital of France is", "temperature": 0, "max_tokens": 6,
+                                     "top_logprobs": 2})
+    run(batch)
+    columns: dict[str, list[Any]] = {}
+    for choice in outbox.choices("c"):
+        for name, values in (choice["logprobs"] or {}).items():
+            columns.setdefault(name, []).extend(values)
+    text = outbox.text("c")
+    n = outbox.done("c")["usage"]["completion_tokens"]
+    assert n >= 2 and len(columns["tokens"]) == n
+    assert "".join(columns["tokens"]) == text
+    # Each token's text starts where the tokens before it end.
+    assert columns["text_offset"] == [len("".join(columns["tokens"][:i])) for i in range(n)]
+    for logprob, top in zip(columns["token_logprobs"], columns["top_logprobs"], strict=True):
+        assert logprob <= 0 and len(top) == 2 and max(top.values()) == pytest.approx(logprob)
+
+
+def test_reports_say_what_the_slots_and_the_ram_cache_hold(llm: Any) -> None:
+    import llama_cpp
+
+    llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(llm._ctx.ctx), True)
+    for capacity, france_kept in ((64 * 2**20, True), (1, False)):
+        outbox = Outbox()
+        single = BatchEngine(llm, parallel=1, n_ctx_seq=2048, send=outbox, prompt_cache=PromptCache(capacity))
+        try:
+            single.submit("j1", "chat", ask("France"), tag="france")
+            single.step()
+            placed = outbox.reports()[0]  # sent before the first token
+            assert placed["busy"] == [True] and placed["held"] == {"france": 1.0} and placed["pending_tokens"] > 0
+            assert outbox.messages.index(placed) < next(i for i, m in enumerate(outbox.messages)
+                                                        if m["type"] == "chunk")
+            run(single)
+            idle = outbox.reports()[-1]
+            assert idle["busy"] == [False] and idle["held"] == {"france": 1.0} and idle["pending_tokens"] == 0
+            assert idle["tokens"][0] >= outbox.done("j1")["usage"]["prompt_tokens"]
+            single.submit("j2", "chat", ask("Germany"), tag="germany")  # takes the one slot
+            run(single)
+            # France's cells went to the RAM cache, when it has room; its report says so.
+            expected = {"germany": 1.0, "france": 1.0} if france_kept else {"germany": 1.0}
+            assert outbox.reports()[-1]["held"] == expected
+        finally:
+            single.close()

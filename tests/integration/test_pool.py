@@ -191,7 +191,7 @@ async def test_a_model_that_cannot_load_is_unhealthy_with_the_reason(sb_home: Pa
 
 
 async def test_workers_share_the_cores_and_take_a_new_share_when_one_leaves(sb_home: Path) -> None:
-    from app.core.runtime.pool import cpu_cores, thread_share
+    from app.core.runtime.threads import cpu_cores, thread_share
 
     cores = cpu_cores()
     async with running() as engine:

@@ -98,6 +98,23 @@ def test_logprobs(client: openai.OpenAI) -> None:
     assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in choice.logprobs.content)
 
 
+def test_legacy_completion_logprobs(client: openai.OpenAI, server: Served) -> None:
+    completion = client.completions.create(model=DEFAULT_ID, prompt="One, two, three,", max_tokens=5, temperature=0,
+                                           logprobs=2)
+    choice = completion.choices[0]
+    assert choice.logprobs is not None and "".join(choice.logprobs.tokens) == choice.text
+    assert len(choice.logprobs.token_logprobs) == len(choice.logprobs.top_logprobs) == 5
+    assert choice.logprobs.text_offset[0] == 0 and all(len(top) == 2 for top in choice.logprobs.top_logprobs)
+    streamed = client.completions.create(model=DEFAULT_ID, prompt="One, two, three,", max_tokens=5, temperature=0,
+                                         logprobs=2, stream=True)
+    tokens = [t for chunk in streamed for t in (chunk.choices[0].logprobs.tokens if chunk.choices
+                                                  and chunk.choices[0].logprobs else [])]
+    assert tokens == choice.logprobs.tokens
+    refused = httpx.post(f"{server.base_url}/v1/completions", timeout=30, json={
+        "model": DEFAULT_ID, "prompt": "Hi", "logprobs": 1, "echo": True})
+    assert refused.status_code == 400 and "echo with logprobs" in refused.json()["error"]["message"]
+
+
 def test_stop_and_seed(client: openai.OpenAI) -> None:
     kwargs = dict(model=DEFAULT_ID, prompt="Count: 1, 2, 3, 4,", max_tokens=20, temperature=0.9, seed=7)
     first = client.completions.create(**kwargs).choices[0].text

@@ -26,3 +26,15 @@ def test_a_longer_turn_supersedes_its_prefix_and_lru_evicts() -> None:
     assert cache.best([5]) is None and cache.best([1, 2, 3, 4])[2] == 4
     cache.put([7], b"too big" * 10)
     assert cache.best([7]) is None
+
+
+def test_holdings_name_each_state_s_request_and_forget_evicted_ones() -> None:
+    cache = PromptCache(25)
+    cache.put([1, 2], b"x" * 10, "turn-1", 1.0)
+    cache.put([1, 2, 3, 4], b"y" * 10, "turn-2", 0.5)  # supersedes turn-1's state
+    cache.put([5], b"z" * 10, "other", 1.0)
+    assert cache.holdings() == {"turn-2": 0.5, "other": 1.0}
+    cache.put([6], b"w" * 10, "newest", 1.0)  # evicts turn-2's, the least recently used
+    assert cache.holdings() == {"other": 1.0, "newest": 1.0}
+    cache.put([8], b"v" * 10)  # untagged: held, but named by no request
+    assert "" not in cache.holdings()

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from app.core.routing.strategies import Outcome, RouteContext, Selection, Target
 from app.core.routing.strategies.cache_aware import CacheAware
 from app.core.routing.strategies.common import DEGRADED_PENALTY, pct
+from app.core.runtime.slots import SlotReport
 from tests.support.examples import examples
 
 SYSTEM = "<|system|>\nYou are a careful assistant. Answer briefly and cite sources when you can.\n"
@@ -122,7 +123,7 @@ def test_correction_lowers_a_target_whose_cache_is_gone() -> None:
     stats = s.cache_stats()
     assert stats["b"] | {"correction": None, "tree_chars": None} == {
         "hits": 1, "misses": 0, "reused_tokens": 180, "prompt_tokens": 200, "hit_rate": 1.0,
-        "correction": None, "tree_chars": None,
+        "correction": None, "tree_chars": None, "source": "prediction",
     }
     assert stats["b"]["correction"] > 0.9
 
@@ -282,3 +283,48 @@ def test_select_is_the_rule_exactly(threshold: float, alpha: float, max_chars: i
         sent.add(chosen.key, ctx.text)
         prompt = max(len(ctx.text), 1)
         s.on_complete(chosen, ctx, Outcome(ok=True, prompt_tokens=prompt, cached_tokens=int(prompt * reuse)))
+
+
+def test_a_worker_s_report_replaces_the_prediction() -> None:
+    s = CacheAware()
+    ts = [T("a"), T("b")]
+    opening = turn(SYSTEM, "Tell me everything about the history of the printing press in Europe.")
+    s.on_report("a", SlotReport(held={"r1": 1.0}))
+    assert route(s, ts, opening, "r1").key == "a"  # idle and equal: the first in turn
+    nxt = turn(opening, "And in Asia?")
+    assert s.select(ts, C(nxt)).detail["branch"] == "hit"
+    # The worker says r1's state is gone (another conversation took its slot): the next turn is a miss, and the
+    # correction factor (a remote backend's stand-in for facts) has nothing to do with it.
+    s.on_report("a", SlotReport(held={"r2": 1.0}))
+    sel = s.select(ts, C(nxt))
+    assert sel.detail["branch"] == "miss" and "correction" not in sel.reason
+    assert s.cache_stats()["a"]["source"] == "worker report" and s.cache_stats()["a"]["tree_chars"] == 0
+
+
+def test_a_report_cuts_a_text_to_the_part_held() -> None:
+    s = CacheAware()
+    ts = [T("a"), T("b")]
+    long = turn(SYSTEM, "Please review this: " + "clause " * 300)
+    s.on_report("a", SlotReport(held={"r1": 1.0}))
+    s.on_start(ts[0], C(long, "r1"))
+    # Only a quarter of r1's prompt is still held (the rest was cut off when its slot was reused).
+    s.on_report("a", SlotReport(held={"r1": 0.25}))
+    sel = s.select(ts, C(turn(long, "Now summarise.")))
+    assert sel.detail["branch"] == "miss"  # about a quarter held < the 50% threshold
+    assert 0.15 < sel.detail["match"] < 0.3
+    # A report that only adds (r2) changes nothing about what is matched for r1.
+    s.on_report("a", SlotReport(held={"r1": 0.25, "r2": 1.0}))
+    assert s.select(ts, C(turn(long, "Now summarise."))).detail["match"] == sel.detail["match"]
+
+
+def test_a_target_that_never_reports_keeps_its_prediction_and_correction() -> None:
+    s = CacheAware()
+    ts = [T("remote"), T("b")]
+    conv = turn(SYSTEM, "Explain the offside rule in football with examples." * 3)
+    s.on_report("b", SlotReport())
+    s.on_start(ts[0], C(conv, "x"))
+    nxt = turn(conv, "And the handball rule?")
+    s.on_start(ts[0], C(nxt, "y"))  # predicted: most of it is held
+    s.on_complete(ts[0], C(nxt, "y"), Outcome(ok=True, prompt_tokens=100, cached_tokens=0))
+    assert s.cache_stats()["remote"]["source"] == "prediction"
+    assert s.cache_stats()["remote"]["correction"] < 1.0

@@ -78,3 +78,13 @@ def test_free_slots_count_not_requests() -> None:
     # Load per slot is the wait a new request would see: 6 on 4 slots drains sooner than 2 on 1, 9 on 4 later.
     assert LeastLoaded().select([T("one", 2), T("four", 6, slots=4)], CTX).key == "four"
     assert LeastLoaded().select([T("one", 2), T("four", 9, slots=4)], CTX).key == "one"
+
+
+def test_prompt_tokens_still_to_evaluate_count_as_load() -> None:
+    s = LeastLoaded()
+    # Same requests in flight, but one worker still has a long prompt to evaluate: the other is less loaded.
+    ts = [T("a", 1, slots=4, pending_tokens=4096), T("b", 1, slots=4)]
+    sel = route(s, ts)
+    assert sel.key == "b"
+    assert sel.scores["b"] > sel.scores["a"]
+    assert "4096 prompt tokens to evaluate" in sel.reason and "memory" not in sel.reason

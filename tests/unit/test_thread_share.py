@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.core.runtime.pool import thread_share
+from app.core.runtime.threads import thread_share
 
 
 @pytest.mark.parametrize(("cores", "workers", "configured", "share"), [

@@ -28,6 +28,7 @@ from app.core.routing.quota import QuotaManager
 from app.core.routing.request import AUTO, Candidate, RouteRequest, RoutingDecision
 from app.core.routing.strategies.base import Outcome, RouteContext, Strategy, Target
 from app.core.runtime.pool import ModelPool, worker_key
+from app.core.runtime.slots import SlotReport
 from app.core.storage.store import Store
 
 if TYPE_CHECKING:
@@ -178,6 +179,7 @@ class RequestRouter:
             targets.append(Target(
                 key=key, model_id=entry.id, replica=replica,
                 in_flight=handle.in_flight if handle is not None else 0, slots=slots,
+                pending_tokens=handle.slot_report.pending_tokens if loaded and handle is not None else 0,
                 memory_pressure=self._pool.pressure(key) if loaded else 0.0,
                 loaded=loaded, degraded=degraded, weight=entry.weight, quota_left=quota_left,
                 ttft_s=latency.ttft_s, tpot_s=latency.tpot_s, latency_samples=latency.samples,
@@ -224,6 +226,10 @@ class RequestRouter:
     def forget(self, key: str) -> None:
         """A worker ended: drop what the strategy believed it held (its prompt-cache prediction)."""
         self._strategy.forget(key)
+
+    def reported(self, key: str, report: SlotReport) -> None:
+        """A local worker said what its slots and cache hold: the strategy learns it as fact."""
+        self._strategy.on_report(key, report)
 
     # -- feedback from requests -------------------------------------------------------------------
     def started(self, decision: RoutingDecision) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +32,8 @@ from app.core.runtime.placement import (
     expired,
     plan,
 )
+from app.core.runtime.slots import SlotReport
+from app.core.runtime.threads import cpu_cores, thread_share
 from app.core.storage.store import Store
 
 if TYPE_CHECKING:
@@ -44,28 +45,6 @@ if TYPE_CHECKING:
 def worker_key(model_id: str, replica: int = 0) -> str:
     """Replica 0 is keyed by the model id itself; others as "model_id#N"."""
     return model_id if replica == 0 else f"{model_id}#{replica}"
-
-
-def thread_share(cores: int, workers: int, configured: int | None = None) -> tuple[int, int]:
-    """(generation, prompt) threads for each of `workers` local worker processes on `cores` CPUs.
-
-    Together they never ask for more threads than there are cores: ggml's threads spin while they wait for each
-    other, so two busy workers that each take every core ran 1.7-3.9x slower per request than with their share
-    (`python -m bench threads`, 2 cores). One worker alone takes every core for both, as llama-server does:
-    with llama-cpp-python's default of half of 2 cores to generate, the default model decoded 52 tok/s, not 86.
-    A configured count is used as given, for both."""
-    if configured:
-        return configured, configured
-    per_worker = max(1, cores // max(workers, 1))
-    return per_worker, per_worker
-
-
-def cpu_cores() -> int:
-    """The CPUs this process may run on (a container or taskset may allow fewer than the machine has)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not on Linux
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +91,8 @@ class ModelPool:
         # Told the worker key whenever a worker process ends (its caches, and what routing knew of them, are gone).
         self.on_worker_gone: Callable[[str], None] | None = None
         self.on_worker_state: WorkerListener | None = None
+        # Told (worker key, its report) whenever a local worker reports what its slots hold.
+        self.on_worker_report: Callable[[str, SlotReport], None] | None = None
         # Told (model_id, None) when a local worker loaded, (model_id, reason) when the model's files failed to load
         # in a way they would again: not a timeout or a kill, and not while another worker of theirs runs.
         self.on_load_result: Callable[[str, str | None], None] | None = None
@@ -262,6 +243,7 @@ class ModelPool:
         )
         handle = WorkerHandle(entry.id, spec, replica=replica, log_path=worker_log.path_of(key))
         handle.on_state = self._worker_state
+        handle.on_report = self._worker_report
         try:
             await handle.start(self._config.load_timeout_s)
         except BaseException:  # a failed load (the handle is failed already) or one abandoned (it stops now)
@@ -331,6 +313,10 @@ class ModelPool:
         if self.on_worker_state is not None:
             reason = handle.dead_reason if state is WorkerState.FAILED else None
             self.on_worker_state(handle.model_id, handle.replica, state, reason)
+
+    def _worker_report(self, handle: WorkerHandle) -> None:
+        if self.on_worker_report is not None:
+            self.on_worker_report(worker_key(handle.model_id, handle.replica), handle.slot_report)
 
     async def unload(self, model_id: str) -> bool:
         """Stop every replica of a model. All their memory returns to the system."""

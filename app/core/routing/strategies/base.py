@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Self
 
 from app.core.routing.strategies.params import NoParams, StrategyParams
+from app.core.runtime.slots import SlotReport
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,7 @@ class Target:
     replica: int = 0
     in_flight: int = 0  # requests running or queued on it
     slots: int = 1  # requests it decodes at once (a worker's `parallel`); more than that wait
+    pending_tokens: int = 0  # prompt tokens its worker has yet to evaluate (reported; 0 for a remote backend)
     memory_pressure: float = 0.0  # 0..1: the worker's RSS (or VRAM) against the budget; 0 when not loaded
     loaded: bool = False
     degraded: bool = False  # still usable, but strategies should prefer others
@@ -97,6 +99,9 @@ class Strategy:
 
     def on_complete(self, target: Target, ctx: RouteContext, outcome: Outcome) -> None:
         """The request finished (or failed)."""
+
+    def on_report(self, key: str, report: SlotReport) -> None:
+        """The target's local worker reported what its slots and cache hold (facts, where hooks predict)."""
 
     def forget(self, key: str) -> None:
         """The target's worker ended: drop what is believed about it (e.g. what its prompt cache holds)."""

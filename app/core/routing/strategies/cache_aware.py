@@ -2,9 +2,14 @@
 
 One approximate radix tree over characters (prefix_tree.py) holds the request texts sent to every target, so one
 walk down it gives every target's match. The match is on the whole conversation text, so a conversation's next
-turn finds the target that served the previous one. Predicted match ratio = longest prefix of ctx.text the target
-holds / len(ctx.text), times a per-target correction factor learned from what workers report
-(cached_tokens / prompt_tokens), so a worker that lost its cache stops attracting requests.
+turn finds the target that served the previous one. Match ratio = longest prefix of ctx.text the target holds /
+len(ctx.text).
+
+For a local worker the tree holds facts, as llm-d's precise prefix scorer does: the worker reports which requests'
+prompts its slots and RAM cache still hold, and how much of each (`on_report`), and the target's texts in the tree
+become exactly those, cut to what is held. A remote backend reports nothing: its texts are a prediction (what was
+sent there, least recently used dropped first), times a correction factor learned from what it says it reused
+(cached_tokens / prompt_tokens), so a backend that lost its cache stops attracting requests.
 
 Rule (healthy targets first; degraded ones only when every target is):
 1. load imbalanced (max - min in flight > balance_abs_threshold and max > balance_rel_threshold * min)
@@ -26,9 +31,11 @@ from app.core.routing.strategies.common import pct, penalise, unit
 from app.core.routing.strategies.least_loaded import LeastLoaded
 from app.core.routing.strategies.params import CacheAwareParams, LeastLoadedParams
 from app.core.routing.strategies.prefix_tree import PrefixTree
+from app.core.runtime.slots import SlotReport
 
 MIN_PREDICTION = 0.05  # below this predicted ratio a report says nothing about the correction factor
 MAX_PENDING = 10_000  # predictions awaiting on_complete (requests that never complete are dropped, oldest first)
+MAX_HELD_TEXTS = 4096  # texts kept per reporting target, in case a report names them (a bound, never reached)
 
 
 class CacheAware(Strategy):
@@ -44,6 +51,9 @@ class CacheAware(Strategy):
         self._correction: dict[str, float] = {}  # tenant -> EWMA of reported / predicted reuse, in [0, 1]
         self._pending: dict[tuple[str, str], float] = {}  # (target, request id) -> predicted ratio (raw)
         self._stats: dict[str, list[int]] = {}  # tenant -> [hits, misses, reused tokens, prompt tokens]
+        # Reporting targets (local workers) -> request id -> its text, for the requests the worker may still hold.
+        self._texts: dict[str, dict[str, str]] = {}
+        self._held: dict[str, dict[str, float]] = {}  # reporting target -> its last report's holdings
 
     # --- deciding -----------------------------------------------------------------------------------------
 
@@ -122,6 +132,11 @@ class CacheAware(Strategy):
         held = tree.insert(text[:limit], key, self._tick)
         if tree.size[key] > limit:
             tree.evict(key, limit)
+        texts = self._texts.get(key)
+        if texts is not None:
+            texts[ctx.request_id] = text
+            if len(texts) > MAX_HELD_TEXTS:
+                del texts[next(iter(texts))]
         pending = self._pending
         pending[(key, ctx.request_id)] = held / len(text)
         if len(pending) > MAX_PENDING:
@@ -136,24 +151,50 @@ class CacheAware(Strategy):
         stats[0 if cached > 0 else 1] += 1
         stats[2] += cached
         stats[3] += outcome.prompt_tokens
-        if predicted is None or predicted < MIN_PREDICTION:
-            return
+        if predicted is None or predicted < MIN_PREDICTION or target.key in self._held:
+            return  # too small to learn from, or a reporting worker's (facts, not predictions)
         actual = unit(cached / outcome.prompt_tokens)
         sample = min(actual / predicted, 1.0)  # how much of the predicted reuse the worker really had
         a = self.config.correction_alpha
         self._correction[target.key] = (1.0 - a) * self._correction.get(target.key, 1.0) + a * sample
 
+    def on_report(self, key: str, report: SlotReport) -> None:
+        """The worker's own word on what it holds: its texts in the tree become the reported requests' texts, cut
+        to the reported fraction. Only a report that drops or shortens something rebuilds the target's part of
+        the tree; one that only adds (the usual case: a request started or finished) changes nothing there, as
+        on_start inserted the text already."""
+        first = key not in self._held
+        texts = self._texts.setdefault(key, {})
+        held = dict(report.held)
+        before = self._held.get(key, {})
+        self._held[key] = held
+        for request_id in [r for r in texts if r not in held]:
+            del texts[request_id]
+        if not first and all(held.get(r, 0.0) >= fraction for r, fraction in before.items()):
+            return
+        tree, limit = self._tree, self.config.max_chars_per_target
+        tree.forget(key)
+        self._tick += 1
+        for request_id, text in texts.items():
+            tree.insert(text[:min(limit, round(len(text) * held[request_id]))], key, self._tick)
+        if tree.size.get(key, 0) > limit:
+            tree.evict(key, limit)
+        self._correction.pop(key, None)  # facts need no correction
+
     def forget(self, key: str) -> None:
         """Drop everything known about a target's cache (e.g. its worker restarted)."""
         self._tree.forget(key)
         self._correction.pop(key, None)
+        self._texts.pop(key, None)
+        self._held.pop(key, None)
 
     # --- reporting ----------------------------------------------------------------------------------------
 
     def cache_stats(self) -> dict[str, dict[str, Any]]:
         """Per target, over its successful requests: hits/misses (hit = the worker reported cached tokens > 0),
-        reused and prompt token sums, hit rate, the correction factor and how many characters its tree holds."""
-        keys = sorted(set(self._stats) | set(self._tree.size) | set(self._correction))
+        reused and prompt token sums, hit rate, the correction factor, how many characters its tree holds and whether
+        those are the worker's report or a prediction."""
+        keys = sorted(set(self._stats) | set(self._tree.size) | set(self._correction) | set(self._held))
         out: dict[str, dict[str, Any]] = {}
         for k in keys:
             hits, misses, reused, prompt = self._stats.get(k, (0, 0, 0, 0))
@@ -165,5 +206,6 @@ class CacheAware(Strategy):
                 "hit_rate": hits / (hits + misses) if hits + misses else None,
                 "correction": self._correction.get(k, 1.0),
                 "tree_chars": self._tree.size.get(k, 0),
+                "source": "worker report" if k in self._held else "prediction",
             }
         return out

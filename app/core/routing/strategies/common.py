@@ -16,6 +16,8 @@ from app.core.routing.strategies.base import Target
 DEGRADED_PENALTY = 1.0
 FAVOUR_BONUS = 1.0
 TIE_EPS = 1e-9  # loads closer than this count as equal in reasons
+# Prompt tokens that weigh like one request in flight: about one decode step's worth (llama.cpp's batch of 512).
+PREFILL_TOKENS = 512
 
 
 def unit(x: float) -> float:
@@ -33,12 +35,14 @@ def finite_or(x: float | None, default: float | None) -> float | None:
 
 
 def load(t: Target, memory_weight: float) -> float:
-    """Requests in flight per slot plus memory pressure: a worker decoding 4 at once with 2 in flight is half as
-    loaded as one with 1 of 1; a fully pressured worker counts like `memory_weight` more requests per slot."""
+    """Requests in flight per slot, plus prompt tokens still to evaluate, plus memory pressure: a worker decoding 4
+    at once with 2 in flight is half as loaded as one with 1 of 1; each PREFILL_TOKENS of prompt its worker has
+    yet to evaluate count as one more request per slot (a long prompt delays every slot); a fully pressured
+    worker counts like `memory_weight` more requests per slot."""
     pressure = t.memory_pressure
     if not 0.0 <= pressure <= 1.0:  # rare (a bad reading); checked here first as this runs for every target
         pressure = unit(pressure)
-    busy = t.in_flight if t.in_flight > 0 else 0
+    busy = (t.in_flight if t.in_flight > 0 else 0) + (t.pending_tokens / PREFILL_TOKENS if t.pending_tokens > 0 else 0)
     return (busy if t.slots <= 1 else busy / t.slots) + memory_weight * pressure
 
 

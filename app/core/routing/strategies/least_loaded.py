@@ -1,4 +1,5 @@
-"""least_loaded: the target with the fewest requests in flight per slot, counting memory pressure as extra load.
+"""least_loaded: the target with the fewest requests in flight per slot, counting the prompt tokens its worker has
+yet to evaluate and memory pressure as extra load.
 
 Score = 1 / (1 + load), less the degraded penalty, so the highest score is the least loaded healthy target.
 Ties (equal loads) take turns: the first tied key after the last one used, in sorted order, so sequential
@@ -73,8 +74,10 @@ class LeastLoaded(Strategy):
         # Plain "N in flight" (of its slots) unless memory pressure actually adds to the load.
         n = max(t.in_flight, 0)
         busy = f"{n} in flight" if t.slots <= 1 else f"{n} in flight on {t.slots} slots"
+        if t.pending_tokens > 0:
+            busy += f", {t.pending_tokens} prompt tokens to evaluate"
         x = load(t, self.config.memory_weight)
-        per_slot = n / max(1, t.slots)
-        if x - per_slot <= TIE_EPS:
+        work = load(t, 0.0)
+        if x - work <= TIE_EPS:
             return busy
-        return f"load {x:.1f} ({busy} + memory {x - per_slot:.1f})"
+        return f"load {x:.1f} ({busy} + memory {x - work:.1f})"

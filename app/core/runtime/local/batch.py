@@ -5,7 +5,8 @@ one token of every generating request plus a chunk of the prompts still pending 
 delays the others by one chunk per step, never by its whole length), then samples each request that got logits
 with its own sampler chain. A request starts from the longest prefix any slot holds, active or idle (copied with
 llama_memory_seq_cp, not evaluated again); idle slots keep their tokens as a cache until a request needs the slot
-or the cells, least recently used first, and then go to the RAM prompt cache, the second tier.
+or the cells, least recently used first, and then go to the RAM prompt cache, the second tier. `report` says what
+the slots and the RAM cache hold, by request, so the router can send a conversation where its prefix really is.
 
 Long module: the slots, the sampler chains, the batch and the text a request streams (stop strings, UTF-8 split
 across tokens) are one loop's state; split up, each piece would need all the others.
@@ -108,14 +109,17 @@ class Slot:
     tokens: list[int] = field(default_factory=list)
     request: Request | None = None
     last_used: float = 0.0
+    tag: str = ""  # the request whose tokens these are (the last one served here), as the router knows it
+    prompt_len: int = 0  # that request's prompt length
 
 
 class Request:
     """One job being served: its prompt, its sampler, what it generated and the text it has yet to send."""
 
     def __init__(self, job_id: str, op: str, prompt: list[int], sampling: Sampling, *, max_tokens: int,
-                 stop: list[str], echo: str | None, top_logprobs: int | None = None) -> None:
+                 stop: list[str], echo: str | None, top_logprobs: int | None = None, tag: str = "") -> None:
         self.id = job_id
+        self.tag = tag or job_id
         self.op = op
         self.prompt = prompt
         self.sampling = sampling
@@ -123,7 +127,9 @@ class Request:
         self.stop = stop
         self.echo = echo
         self.top_logprobs = top_logprobs  # None: no logprobs; else how many alternatives per token
-        self.logprobs: list[dict[str, Any]] = []  # entries not sent yet: they go with the next chunk
+        # Entries not sent yet, each with the offset of its token's text in the answer: they go with the next chunk.
+        self.logprobs: list[tuple[dict[str, Any], int]] = []
+        self.text_length = 0  # characters of answer decoded so far
         self.chain: Any = None
         self.slot: Slot | None = None
         self.evaluated = 0  # prompt tokens in the slot's cells
@@ -156,8 +162,9 @@ class BatchEngine:
         self.prompt_cache = prompt_cache
         self.slots = [Slot(seq_id) for seq_id in range(parallel)]
         self.waiting: list[Request] = []
+        self.changed = False  # what `report` says changed since it was last sent
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, parallel)
-        self._formatter = _formatter(llm)
+        self._chat = ChatPrompt(llm)
 
     def close(self) -> None:
         for request in self.active():
@@ -165,17 +172,15 @@ class BatchEngine:
         llama_cpp.llama_batch_free(self._batch)
 
     # -- requests -------------------------------------------------------------------------------
-    def submit(self, job_id: str, op: str, params: dict[str, Any]) -> None:
-        """Queue a chat or completion job. Raises for a request that cannot be served (formatting, grammar, too
-        long): nothing of it has run, and the caller reports it."""
+    def submit(self, job_id: str, op: str, params: dict[str, Any], tag: str = "") -> None:
+        """Queue a chat or completion job; `tag` is the request's id in the router's terms. Raises for a request
+        that cannot be served (formatting, grammar, too long): nothing of it has run, and the caller reports it."""
         params = dict(params)
         stop = list(params.get("stop") or [])
         echo = None
         if op == "chat":
-            rendered = self._formatter(messages=params["messages"])
-            prompt = self.llm.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True)
-            stop += [s for s in ([rendered.stop] if isinstance(rendered.stop, str) else rendered.stop or [])
-                     if s and s not in stop]
+            prompt, stops = self._chat.tokens(params["messages"])
+            stop += [s for s in stops if s not in stop]
         elif op == "completion":
             text = params["prompt"]
             prompt = self.llm.tokenize(text.encode(), add_bos=True, special=True)
@@ -192,17 +197,19 @@ class BatchEngine:
         sampling = Sampling.of(op, params)
         if any(token >= vocabulary or token < 0 for token in sampling.logit_bias):
             raise RequestError(f"logit_bias names a token id beyond this model's vocabulary of {vocabulary}")
-        top = params.get("top_logprobs") if op == "chat" else None
+        top = params.get("top_logprobs")
         request = Request(job_id, op, prompt, sampling, max_tokens=max_tokens, stop=stop, echo=echo,
-                          top_logprobs=None if top is None else int(top))
+                          top_logprobs=None if top is None else int(top), tag=tag)
         request.chain = sampling.chain(self.vocab, self.n_vocab)
         self.waiting.append(request)
+        self.changed = True
 
     def cancel(self, job_ids: set[str]) -> None:
         """Stop the named jobs at this step: their slots are free for the next."""
         for request in [*self.active(), *self.waiting]:
             if request.id in job_ids:
                 self._finish(request, "cancelled")
+        self._report_changes()
 
     def active(self) -> list[Request]:
         return [slot.request for slot in self.slots if slot.request is not None]
@@ -211,10 +218,39 @@ class BatchEngine:
     def busy(self) -> bool:
         return bool(self.waiting) or any(slot.request is not None for slot in self.slots)
 
+    def report(self) -> dict[str, Any]:
+        """What the worker holds and does, for the router: each slot (busy, tokens held), per request (by tag) the
+        largest fraction of its prompt a slot or the RAM cache holds (1 for a request running or waiting: it will
+        be held), the requests waiting for a slot and the prompt tokens still to evaluate."""
+        held = self.prompt_cache.holdings() if self.prompt_cache is not None else {}
+        for slot in self.slots:
+            if slot.tag and slot.tokens:
+                held[slot.tag] = max(held.get(slot.tag, 0.0), min(1.0, len(slot.tokens) / max(1, slot.prompt_len)))
+        for request in [*self.active(), *self.waiting]:
+            held[request.tag] = 1.0
+        pending = sum(len(r.prompt) - r.evaluated for r in [*self.active(), *self.waiting])
+        self.changed = False
+        return {"type": "slots", "busy": [slot.request is not None for slot in self.slots],
+                "tokens": [len(slot.tokens) for slot in self.slots], "held": held, "waiting": len(self.waiting),
+                "pending_tokens": pending}
+
     # -- one step -------------------------------------------------------------------------------
     def step(self) -> None:
-        """Admit what fits, decode one batch, sample every request that got logits."""
+        """Admit what fits, decode one batch, sample every request that got logits; report what changed. What
+        admitting changed is reported before any of the new requests' tokens is sent, so the router hears where a
+        request is held before it hears the request started."""
         self._admit()
+        self._report_changes()
+        try:
+            self._decode()
+        finally:
+            self._report_changes()
+
+    def _report_changes(self) -> None:
+        if self.changed:
+            self.send(self.report())
+
+    def _decode(self) -> None:
         entries = self._fill_batch()
         if not entries:
             return
@@ -263,7 +299,9 @@ class BatchEngine:
         llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, shared, -1)
         del slot.tokens[shared:]
         slot.request, request.slot = request, slot
+        slot.tag, slot.prompt_len = request.tag, len(prompt)
         request.evaluated = request.cached = shared
+        self.changed = True
         return slot
 
     def _restore(self, slot: Slot, found: tuple[tuple[int, ...], bytes, int]) -> bool:
@@ -282,13 +320,15 @@ class BatchEngine:
             size = llama_cpp.llama_state_seq_get_size(self.ctx, slot.seq_id)
             buffer = (ctypes.c_uint8 * size)()
             written = llama_cpp.llama_state_seq_get_data(self.ctx, buffer, size, slot.seq_id)
-            self.prompt_cache.put(slot.tokens, ctypes.string_at(buffer, written))
+            held = min(1.0, len(slot.tokens) / max(1, slot.prompt_len))
+            self.prompt_cache.put(slot.tokens, ctypes.string_at(buffer, written), slot.tag, held)
 
     def _release_cells(self, slot: Slot) -> None:
         """Empty a slot, keeping what it held in the RAM cache (the second tier)."""
         self._save(slot)
         llama_cpp.llama_memory_seq_rm(self.memory, slot.seq_id, 0, -1)
         slot.tokens = []
+        self.changed = True
 
     def _evict_idle(self, needed: int) -> bool:
         """Free the cells of idle slots, least recently used first, until `needed` more fit; False if none was."""
@@ -359,9 +399,10 @@ class BatchEngine:
         request.completion_tokens += 1
         request.next_token = token
         piece = _piece(self.vocab, token)
-        if request.top_logprobs is not None:
-            request.logprobs.append(self._logprob(index, token, piece, request.top_logprobs))
         text = request.decoder.decode(piece)
+        if request.top_logprobs is not None:
+            request.logprobs.append((self._logprob(index, token, piece, request.top_logprobs), request.text_length))
+        request.text_length += len(text)
         if self._emit(request, text):
             return
         slot = request.slot
@@ -404,7 +445,7 @@ class BatchEngine:
     def _chunk(self, request: Request, text: str, finish_reason: str | None = None) -> None:
         if not text and finish_reason is None and (request.started_role or request.op != "chat"):
             return
-        logprobs = {"content": request.logprobs} if request.logprobs else None
+        logprobs = _logprobs(request.op, request.logprobs) if request.logprobs else None
         request.logprobs = []
         if request.op == "chat":
             delta: dict[str, Any] = {} if finish_reason else {"content": text} if text else {}
@@ -418,7 +459,7 @@ class BatchEngine:
         else:
             if request.echo is not None:
                 text, request.echo = request.echo + text, None
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}
+            choice = {"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
             data = {"id": request.id, "object": "text_completion", "created": request.created, "model": "",
                     "choices": [choice]}
         self.send({"id": request.id, "type": "chunk", "data": data})
@@ -442,6 +483,7 @@ class BatchEngine:
         self._free(request)
 
     def _free(self, request: Request) -> None:
+        self.changed = True
         if request in self.waiting:
             self.waiting.remove(request)
         if request.chain is not None:
@@ -455,6 +497,16 @@ class BatchEngine:
                 del slot.tokens[request.evaluated:]
 
 
+def _logprobs(op: str, entries: list[tuple[dict[str, Any], int]]) -> dict[str, Any]:
+    """A chunk's logprobs in its endpoint's shape: chat's list of entries, or the legacy completions' columns."""
+    if op == "chat":
+        return {"content": [entry for entry, _ in entries]}
+    return {"tokens": [entry["token"] for entry, _ in entries],
+            "token_logprobs": [entry["logprob"] for entry, _ in entries],
+            "top_logprobs": [{alt["token"]: alt["logprob"] for alt in entry["top_logprobs"]} for entry, _ in entries],
+            "text_offset": [offset for _, offset in entries]}
+
+
 def _piece(vocab: Any, token: int) -> bytes:
     buffer = ctypes.create_string_buffer(64)
     n = llama_cpp.llama_token_to_piece(vocab, token, buffer, len(buffer), 0, False)
@@ -464,11 +516,23 @@ def _piece(vocab: Any, token: int) -> bytes:
     return buffer.raw[:n]
 
 
-def _formatter(llm: llama_cpp.Llama) -> Jinja2ChatFormatter:
-    """The model's own chat template, as llama-cpp-python renders it (sandboxed jinja2)."""
-    model = llm._model
-    eos = model.token_eos()
-    bos = model.token_bos()
-    template = llm.metadata.get("tokenizer.chat_template") or CHATML
-    return Jinja2ChatFormatter(template=template, eos_token=model.token_get_text(eos) if eos >= 0 else "",
-                               bos_token=model.token_get_text(bos) if bos >= 0 else "", stop_token_ids=[eos])
+class ChatPrompt:
+    """A conversation as the model's prompt tokens: its own chat template, as llama-cpp-python renders it
+    (sandboxed jinja2), then its tokenizer."""
+
+    def __init__(self, llm: llama_cpp.Llama) -> None:
+        model = llm._model
+        eos = model.token_eos()
+        bos = model.token_bos()
+        template = llm.metadata.get("tokenizer.chat_template") or CHATML
+        self.llm = llm
+        self.formatter = Jinja2ChatFormatter(
+            template=template, eos_token=model.token_get_text(eos) if eos >= 0 else "",
+            bos_token=model.token_get_text(bos) if bos >= 0 else "", stop_token_ids=[eos])
+
+    def tokens(self, messages: list[Any]) -> tuple[list[int], list[str]]:
+        """The prompt's tokens, and the stop strings the template asks for."""
+        rendered = self.formatter(messages=messages)
+        prompt = self.llm.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True)
+        stops = [rendered.stop] if isinstance(rendered.stop, str) else list(rendered.stop or [])
+        return prompt, [s for s in stops if s]

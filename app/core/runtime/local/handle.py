@@ -20,6 +20,7 @@ import psutil
 
 from app.core.errors import InvalidRequest, ModelUnavailable, WorkerCrashed, WorkerDied
 from app.core.runtime.local import worker_log
+from app.core.runtime.slots import SlotReport
 
 _ids = itertools.count(1)
 # Streamed chunks are small, but a full embedding batch can be large.
@@ -102,6 +103,9 @@ class WorkerHandle:
         self.threads: tuple[int, int] | None = None
         # Told the handle on every state it enters (read `state`, and `dead_reason` when it failed).
         self.on_state: Callable[[WorkerHandle], None] | None = None
+        # The worker's last report of its slots (what they hold), and who is told each new one.
+        self.slot_report = SlotReport()
+        self.on_report: Callable[[WorkerHandle], None] | None = None
 
     @property
     def alive(self) -> bool:
@@ -174,8 +178,9 @@ class WorkerHandle:
         self._enter(WorkerState.FAILED)
         raise ModelUnavailable(reason)
 
-    async def run(self, op: str, params: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
-        """Yield the worker's messages for one job: `chunk`s, then a final `done`.
+    async def run(self, op: str, params: dict[str, Any], tag: str = "") -> AsyncGenerator[dict[str, Any], None]:
+        """Yield the worker's messages for one job: `chunk`s, then a final `done`. `tag` (the request id) is how
+        the worker's slot reports name what the job leaves in its cache.
 
         Raises WorkerCrashed if the process dies, ModelUnavailable for an error in the job.
         Closing the iterator early (client gone) cancels the job in the worker.
@@ -188,7 +193,7 @@ class WorkerHandle:
         self.in_flight += 1
         finished = False
         try:
-            self._send({"op": op, "id": job_id, "params": params, "threads": self.threads})
+            self._send({"op": op, "id": job_id, "params": params, "threads": self.threads, "tag": tag})
             while True:
                 message = await inbox.get()
                 kind = message.get("type")
@@ -222,6 +227,11 @@ class WorkerHandle:
         try:
             while line := await reader.readline():
                 message = json.loads(line)
+                if message.get("type") == "slots":
+                    self.slot_report = SlotReport.of(message)
+                    if self.on_report is not None:
+                        self.on_report(self)
+                    continue
                 if message.get("finish_reason") == "cancelled":
                     self.jobs_cancelled += 1
                 inbox = self._pending.get(message.get("id", ""))

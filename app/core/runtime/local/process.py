@@ -3,8 +3,9 @@
 Run as `python -m app.core.runtime.local.process FD`; FD is one end of a socket pair. The protocol is JSON
 lines. The parent sends a load spec first; the worker answers `ready` or `load_error`, then serves jobs as they
 come, up to `parallel` of them decoded together by the batch engine (batch.py), streaming `chunk` messages and
-ending each job with `done` or `error`. A `cancel` message stops a job at the next step. When the parent goes
-away the worker exits.
+ending each job with `done` or `error`. A `cancel` message stops a job at the next step. Whenever what the
+slots hold changes, a `slots` message reports it (batch.py `report`). When the parent goes away the
+worker exits.
 """
 
 from __future__ import annotations
@@ -160,7 +161,7 @@ class Worker:
                               "unsupported_content")
             # Rendering the chat template, building a grammar from a schema and tokenizing happen here, before any
             # token is decoded: whatever fails now failed because of this request, never because of the model.
-            self.engine.submit(job_id, op, params)
+            self.engine.submit(job_id, op, params, tag=job.get("tag") or "")
         except BrokenPipeError:
             raise
         except Exception as exc:

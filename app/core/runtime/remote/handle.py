@@ -21,6 +21,7 @@ import httpx
 from app.core.catalog.capabilities import CHAT, COMPLETION, KNOWN
 from app.core.errors import InvalidRequest, InvalidValue, ModelUnavailable, SwitchboardError, WorkerCrashed
 from app.core.runtime.remote import sse
+from app.core.runtime.slots import SlotReport
 
 _PATHS = {"chat": "/chat/completions", "completion": "/completions", "embeddings": "/embeddings"}
 _MAX_REDIRECTS = 3
@@ -121,6 +122,7 @@ class RemoteHandle:
         self.jobs_cancelled = 0
         self.dead_reason: str | None = None
         self.on_exit = None
+        self.slot_report = SlotReport()  # a remote server reports nothing: routing predicts what it holds
         self._owns_client = client is None
         self._client = client if client is not None else httpx.AsyncClient(
             # Read timeout is per chunk: a long generation is fine as long as tokens keep coming.
@@ -220,8 +222,9 @@ class RemoteHandle:
         # The remote's own error code is left out: e.g. its "invalid_api_key" is not the client's key.
         raise InvalidRequest(text)
 
-    async def run(self, op: str, params: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
-        """Yield `chunk` messages, then one `done` with usage, like WorkerHandle.run.
+    async def run(self, op: str, params: dict[str, Any], tag: str = "") -> AsyncGenerator[dict[str, Any], None]:
+        """Yield `chunk` messages, then one `done` with usage, like WorkerHandle.run (`tag` is for a local
+        worker's slot reports: the remote server does not hear it).
 
         Usage comes from the remote's usage chunk when it sends one. A remote that sends none gets
         prompt_tokens 0 and completion_tokens = the number of chunks that carried content (one token
@@ -237,7 +240,7 @@ class RemoteHandle:
             if op == "embeddings":
                 yield {"type": "done", "result": await self._embeddings(params)}
                 return
-            body = {**params, "model": self.spec.model, "stream": True,
+            body = {**_openai_params(op, params), "model": self.spec.model, "stream": True,
                     "stream_options": {"include_usage": True}}
             response = await self._send("POST", self.spec.api_base + path, json_body=body, stream=True)
             try:
@@ -333,3 +336,17 @@ class RemoteHandle:
         return [str(item.get("id") or item.get("name")) for item in items
                 if isinstance(item, dict) and (item.get("id") or item.get("name"))]
 
+
+def _openai_params(op: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A job's parameters as OpenAI's API spells them: a job asks for logprobs as `top_logprobs` alone."""
+    if "top_logprobs" not in params:
+        return params
+    params = dict(params)
+    top = params.pop("top_logprobs")
+    if op == "chat":
+        params["logprobs"] = True
+        if top:
+            params["top_logprobs"] = top
+    else:
+        params["logprobs"] = top
+    return params
