@@ -15,7 +15,11 @@ def model_info(engine: Engine, entry: ModelEntry) -> dict[str, Any]:
     workers = [
         {"replica": w.replica, "pid": w.pid, "state": w.state, "memory_bytes": engine.pool.memory_of(w.key),
          "vram_bytes": w.vram_bytes, "gpu_layers": w.gpu_layers, "parallel": w.parallel,
-         "in_flight": w.in_flight, "idle_s": round(w.idle_s, 1)}
+         "in_flight": w.in_flight, "idle_s": round(w.idle_s, 1),
+         # Per slot, as the worker last reported: decoding or idle, and the tokens its cells hold.
+         "slots": [{"busy": busy, "tokens": tokens} for busy, tokens in zip(w.report.busy, w.report.tokens,
+                                                                              strict=True)],
+         "waiting": w.report.waiting}
         for w in engine.pool.loaded() if w.model_id == entry.id
     ]
     remote = None if entry.remote is None else {k: v for k, v in entry.remote.items() if k != "api_key"}

@@ -39,6 +39,12 @@ def test_parallel_is_set_shown_applied_at_the_next_load_and_kept(tmp_path: Path)
 
         loaded = api(served, "POST", f"{URL}/load").json()
         assert [w["parallel"] for w in loaded["workers"]] == [2]
+        answered = api(served, "POST", "/v1/chat/completions", json={
+            "model": DEFAULT_ID, "max_tokens": 4, "messages": [{"role": "user", "content": "Hi"}]}).json()
+        # The worker's own report: two slots, idle now, one holding that request's prompt and answer.
+        slots = api(served, "GET", URL).json()["workers"][0]["slots"]
+        assert [s["busy"] for s in slots] == [False, False]
+        assert sorted(s["tokens"] for s in slots)[-1] >= answered["usage"]["prompt_tokens"]
         changed = api(served, "PATCH", URL, json={"parallel": 3}).json()
         # A loaded worker keeps what it loaded with; the setting applies at its next load.
         assert (changed["parallel"], changed["parallel_effective"]) == (3, 2)

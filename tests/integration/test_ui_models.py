@@ -175,9 +175,12 @@ def test_parallel_is_edited_in_the_panel_and_shown_with_the_slots(desktop: Deskt
     assert engine.registry.get(qwen).parallel is None
     assert "the server's default" in panel.details.toPlainText()
     info = desktop.services.models.info(qwen)
-    worker = {"replica": 0, "pid": 1, "state": "loaded", "memory_bytes": 0, "parallel": 4, "in_flight": 6}
+    slots = [{"busy": True, "tokens": 1200}, *({"busy": True, "tokens": 40} for _ in range(3))]
+    worker = {"replica": 0, "pid": 1, "state": "loaded", "memory_bytes": 0, "parallel": 4, "in_flight": 6,
+              "slots": slots, "waiting": 0}
     text = details_html({**info, "state": "loaded", "workers": [worker]}, engine.pool.budget)
-    assert "4 of 4 slots busy, 2 waiting" in text and "applies at the next load" in text
+    assert "4 of 4 slots busy, 2 waiting (tokens held: 1,200*, 40*, 40*, 40*; * busy)" in text
+    assert "applies at the next load" in text
 
 
 def test_details_show_gguf_metadata_and_whether_it_fits(desktop: Desktop, qtbot: object) -> None:

@@ -64,6 +64,7 @@ class LoadedModel:
     vram_bytes: int = 0  # measured through NVML; 0 without an NVIDIA GPU
     gpu_layers: int = 0  # llama.cpp's n_gpu_layers it was loaded with (-1: all)
     parallel: int = 0  # requests it decodes together (its slots); 0 for a remote backend
+    report: SlotReport = SlotReport()  # what its slots hold and do, as the worker last said (empty: remote)
 
 
 # (model_id, replica, state, reason): one step of a worker's lifecycle; the reason says why it failed.
@@ -107,7 +108,7 @@ class ModelPool:
         views = [
             LoadedModel(key, w.model_id, w.replica, w.pid, "loaded", self._estimates.get(key, 0), w.rss(),
                         w.in_flight, w.model_id in self._pinned, now - w.last_used, self._vram.get(key, 0),
-                        placed[key].gpu_layers, placed[key].parallel)
+                        placed[key].gpu_layers, placed[key].parallel, w.slot_report)
             for key, w in self._workers.items()
         ]
         views += [LoadedModel(key, mid, replica, None, "loading", self._estimates.get(key, 0), 0, 0,

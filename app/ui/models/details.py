@@ -96,13 +96,19 @@ def _parallel(info: dict[str, Any]) -> str:
 
 
 def _slots(worker: dict[str, Any]) -> str:
-    """Its slots, busy and idle, and the requests waiting for one (a worker runs up to `parallel` at a time)."""
+    """Its slots, busy and idle, what each holds, and the requests waiting for one (a worker runs up to
+    `parallel` at a time; the rest wait in the server's queue or the worker's)."""
     slots, in_flight = worker["parallel"], worker["in_flight"]
     if not slots:  # a remote backend, or a worker not placed yet
         return f"{in_flight} in flight"
-    busy = min(in_flight, slots)
+    reported = worker["slots"]
+    busy = sum(s["busy"] for s in reported) if reported else min(in_flight, slots)
     waiting = f", {in_flight - busy} waiting" if in_flight > busy else ""
-    return f"{busy} of {slots} slots busy{waiting}"
+    held = ""
+    if any(s["tokens"] for s in reported):
+        held = " (tokens held: " + ", ".join(f"{s['tokens']:,}{'*' if s['busy'] else ''}" for s in reported) + \
+            "; * busy)"
+    return f"{busy} of {slots} slots busy{waiting}{held}"
 
 
 def _fmt(value: Any) -> str:

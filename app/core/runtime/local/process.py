@@ -71,7 +71,10 @@ class Worker:
         self.n_ctx = 0  # the context of one request
 
     def send(self, message: dict[str, Any]) -> None:
+        """Buffered: what one step sends (a token for each of its requests) goes out in one write, at `flush`."""
         self._wfile.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+
+    def flush(self) -> None:
         self._wfile.flush()
 
     def load(self, spec: dict[str, Any]) -> None:
@@ -127,15 +130,15 @@ class Worker:
                     if job is None:
                         return
                     self._take(job)
-                if engine is None:
-                    continue
-                cancelled = set()
-                while not self._cancels.empty():
-                    cancelled.add(self._cancels.get_nowait())
-                if cancelled:
-                    engine.cancel(cancelled)
-                if engine.busy:
-                    self._step(engine)
+                if engine is not None:
+                    cancelled = set()
+                    while not self._cancels.empty():
+                        cancelled.add(self._cancels.get_nowait())
+                    if cancelled:
+                        engine.cancel(cancelled)
+                    if engine.busy:
+                        self._step(engine)
+                self.flush()
         except BrokenPipeError:
             return
         finally:
@@ -192,10 +195,12 @@ def main(argv: list[str]) -> int:
         # llama-cpp-python only says "Failed to load model from file"; llama.cpp's first error says why.
         said = f" (llama.cpp: {log.first_error})" if log.first_error else ""
         worker.send({"type": "load_error", "message": f"{type(exc).__name__}: {exc}{said}"})
+        worker.flush()
         return 1
     log.serving()
     assert worker.llm is not None
     worker.send({"type": "ready", "pid": os.getpid(), "n_ctx": worker.n_ctx})
+    worker.flush()
     worker.serve()
     return 0
 
