@@ -40,6 +40,10 @@ class Config(BaseModel):
 
     host: str = Field(DEFAULT_HOST, min_length=1, description="Address the server listens on.")
     port: int = Field(DEFAULT_PORT, ge=0, le=65535, description="Port the server listens on; 0 picks a free one.")
+    ollama_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="A second port for clients that only know Ollama's (11434); none: off. Refuses to start if taken.",
+    )
     api_key: str | None = Field(
         None, description="Key every request must send as 'Authorization: Bearer KEY'; none leaves the API open."
     )
@@ -77,6 +81,9 @@ class Config(BaseModel):
     max_queue: int = Field(64, ge=0, description="Requests that may wait per local model; more get 429.")
     max_queue_total: int = Field(512, ge=1, description="Requests that may wait on the whole server; more get 429.")
     health_interval_s: float = Field(15.0, gt=0, description="How often loaded workers and remote backends are probed.")
+    responses_kept: int = Field(
+        10_000, ge=0, description="Stored Responses API responses kept for previous_response_id; the oldest go first."
+    )
 
     # setting -> (its environment value, its value before that), kept by load() for save().
     _from_env: dict[str, tuple[Any, Any]] = PrivateAttr(default_factory=dict)

@@ -114,6 +114,19 @@ class Engine:
     def route(self, request: RouteRequest) -> RoutingDecision:
         return self.router.route(request)
 
+    async def count_tokens(self, request: RouteRequest, params: dict[str, Any]) -> tuple[int, RoutingDecision]:
+        """The prompt tokens a chat takes on the model it is routed to, counted by that model's worker (loaded
+        if need be) with its own template and tokenizer: nothing generated, nothing counted against a quota."""
+        decision = self.router.route(request)
+        entry = self.registry.resolve(decision.model_id)
+        if entry.is_remote:
+            raise InvalidRequest(f"The model '{entry.id}' is served by a remote backend, which cannot count tokens "
+                                 "here", param="model")
+        async with asyncio.timeout(self.config.request_timeout_s):
+            handle = await self.pool.acquire(entry, decision.replica)
+            messages = [message async for message in handle.run("tokenize", params)]
+        return int(messages[-1]["result"]["prompt_tokens"]), decision
+
     async def open(self, request: RouteRequest, op: str, params: dict[str, Any]) -> Job:
         """Route, admit and start a job; its first message has arrived when this returns.
 
@@ -207,7 +220,8 @@ class Engine:
         self.router.started(decision)
         if decision.retried_from is None:
             self.metrics.observe_decision(decision.strategy, decision.model_id)
-        self.decisions.append(request.request_id, endpoint=request.endpoint, model_id=decision.model_id,
+        self.decisions.append(request.request_id, endpoint=request.endpoint, surface=request.surface,
+                              model_id=decision.model_id,
                               strategy=decision.strategy, reason=decision.reason,
                               total_score=decision.total_score,
                               candidates=decision.explain()["candidates"], retried=decision.retried_from is not None)

@@ -96,9 +96,15 @@ class ApiKey:
                 **self.limits.as_dict()}
 
 
+# Ollama's API paths that read models or run them (what its clients call); its others (pull, delete, ...) manage.
+OLLAMA_INFERENCE_PATHS = frozenset({"/api/version", "/api/tags", "/api/show", "/api/ps", "/api/chat",
+                                    "/api/generate", "/api/embed", "/api/embeddings"})
+
+
 def is_inference_path(path: str) -> bool:
-    """What an `inference` key may call: the OpenAI-compatible API and liveness."""
-    return path in ("/health", "/v1") or path.startswith("/v1/")
+    """What an `inference` key may call: the OpenAI, Responses and Anthropic APIs (/v1), Ollama's inference API,
+    and liveness."""
+    return path in ("/health", "/v1") or path.startswith("/v1/") or path in OLLAMA_INFERENCE_PATHS
 
 
 def digest(secret: str | bytes) -> str:

@@ -373,6 +373,11 @@ class Services:
         """Route and start a request; see Engine.open."""
         return await self._engine.open(request, op, params)
 
+    async def count_tokens(self, request: RouteRequest, params: dict[str, Any]) -> tuple[int, RoutingDecision]:
+        """The prompt tokens of a chat (`params` as for open's "chat") on the model it would go to; see
+        Engine.count_tokens."""
+        return await self._engine.count_tokens(request, params)
+
     def decisions(self, limit: int = 100) -> list[dict[str, Any]]:
         return self._engine.decisions.recent(max(1, min(limit, 1000)))
 

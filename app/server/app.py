@@ -1,4 +1,4 @@
-"""The ASGI application: OpenAI-compatible routes, management routes, error table and guard."""
+"""The ASGI application: every API surface, the management routes, the error table and the guard."""
 
 from __future__ import annotations
 
@@ -7,15 +7,17 @@ from starlette.middleware.cors import CORSMiddleware
 
 from app import __version__
 from app.core.services import Services
-from app.server import api, errors, manage
+from app.server import errors, manage
 from app.server.guard import Guard
+from app.server.surfaces import anthropic, ollama, openai, responses
 
 
 def create_app(services: Services) -> FastAPI:
     config = services.config
     app = FastAPI(title="Switchboard", version=__version__, docs_url=None, redoc_url=None)
     errors.install(app)
-    app.include_router(api.routes(services))
+    for surface in (openai, responses, anthropic, ollama):
+        app.include_router(surface.routes(services))
     app.include_router(manage.routes(services))
     app.include_router(manage.public_routes(services))
     if config.cors_origins:

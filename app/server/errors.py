@@ -1,4 +1,5 @@
-"""The one place where errors become HTTP responses, in OpenAI's envelope."""
+"""The one place where errors become HTTP responses, each in the error shape of the API surface it came through:
+OpenAI's envelope by default, Anthropic's on /v1/messages, Ollama's on Ollama's paths."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from app.core import errors
+from app.core.keys import OLLAMA_INFERENCE_PATHS
 
 log = logging.getLogger(__name__)
 
@@ -33,26 +35,49 @@ STATUS: tuple[tuple[type[errors.SwitchboardError], int, str], ...] = (
 )
 
 
-def envelope(message: str, type_: str, *, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+# Anthropic's error types by status (its SDK raises a class per type).
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+                    503: "overloaded_error"}
+
+
+def surface_of(path: str) -> str:
+    """Which API surface a path belongs to, for its error shape."""
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        return "anthropic"
+    if path in OLLAMA_INFERENCE_PATHS:
+        return "ollama"
+    return "openai"
+
+
+def envelope(message: str, type_: str, *, param: str | None = None, code: str | None = None,
+             status: int = 400, surface: str = "openai") -> dict[str, Any]:
+    """An error body in the surface's shape (OpenAI's `type` names the kind; the others derive it from status)."""
+    if surface == "anthropic":
+        return {"type": "error", "error": {"type": _ANTHROPIC_TYPES.get(status, "api_error"), "message": message}}
+    if surface == "ollama":
+        return {"error": message}
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
-def describe(exc: errors.SwitchboardError) -> tuple[int, dict[str, Any]]:
+def describe(exc: errors.SwitchboardError, surface: str = "openai") -> tuple[int, dict[str, Any]]:
     for cls, status, type_ in STATUS:
         if isinstance(exc, cls):
-            return status, envelope(exc.message, type_, param=exc.param, code=exc.code)
+            return status, envelope(exc.message, type_, param=exc.param, code=exc.code, status=status,
+                                    surface=surface)
     raise AssertionError("unreachable: SwitchboardError is in the table")
 
 
-def error_response(exc: errors.SwitchboardError, headers: dict[str, str] | None = None) -> JSONResponse:
-    status, body = describe(exc)
+def error_response(exc: errors.SwitchboardError, headers: dict[str, str] | None = None, *,
+                   surface: str = "openai") -> JSONResponse:
+    status, body = describe(exc, surface)
     if exc.retry_after is not None:
         headers = {**(headers or {}), "retry-after": str(max(1, math.ceil(exc.retry_after)))}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
 def sse_error(exc: errors.SwitchboardError) -> bytes:
-    """An error event inside an already started stream (the HTTP status was sent with the first byte)."""
+    """An error event inside an already started OpenAI stream (the HTTP status was sent with the first byte)."""
     return b"data: " + json.dumps(describe(exc)[1]).encode() + b"\n\n"
 
 
@@ -71,23 +96,25 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 def install(app: FastAPI) -> None:
     @app.exception_handler(errors.SwitchboardError)
-    async def _switchboard(_: Request, exc: errors.SwitchboardError) -> JSONResponse:
-        return error_response(exc)
+    async def _switchboard(request: Request, exc: errors.SwitchboardError) -> JSONResponse:
+        return error_response(exc, surface=surface_of(request.url.path))
 
     @app.exception_handler(Exception)
     async def _bug(request: Request, exc: Exception) -> JSONResponse:
         # Only the core's own errors are the client's fault; anything else is a bug of ours, logged in full.
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse(envelope("Internal server error; the server log has the details", "server_error",
-                                     code="internal_error"), 500)
+                                     code="internal_error", status=500, surface=surface_of(request.url.path)), 500)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, field = _validation_message(exc)
-        return JSONResponse(envelope(message, "invalid_request_error", param=field, code="invalid_value"), 400)
+        return JSONResponse(envelope(message, "invalid_request_error", param=field, code="invalid_value",
+                                     surface=surface_of(request.url.path)), 400)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         type_ = "invalid_request_error" if exc.status_code < 500 else "server_error"
         # Its headers are part of the answer: a 405 must say which methods are allowed (RFC 9110).
-        return JSONResponse(envelope(str(exc.detail), type_), exc.status_code, headers=exc.headers)
+        return JSONResponse(envelope(str(exc.detail), type_, status=exc.status_code,
+                                     surface=surface_of(request.url.path)), exc.status_code, headers=exc.headers)

@@ -23,7 +23,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.core.errors import Forbidden, HeadersTooLarge, PayloadTooLarge, SwitchboardError, Unauthorized
 from app.core.keys import KeyRing
-from app.server.errors import describe
+from app.server.errors import describe, surface_of
 
 # Request line plus headers; more is 431 (what Node and most proxies allow, four times nginx's default buffer).
 HEAD_LIMIT_BYTES = 64 * 1024
@@ -141,7 +141,7 @@ class Guard:
         try:
             state["api_key_name"] = self._check(scope)
         except SwitchboardError as exc:
-            await _reply(send_with_id, exc)
+            await _reply(send_with_id, exc, scope["path"])
             return
         await self.app(scope, self._limited(receive), send_with_id)
 
@@ -196,8 +196,8 @@ class Guard:
         return wrapped
 
 
-async def _reply(send: Send, exc: SwitchboardError) -> None:
-    status, body = describe(exc)
+async def _reply(send: Send, exc: SwitchboardError, path: str) -> None:
+    status, body = describe(exc, surface_of(path))
     payload = json.dumps(body).encode()
     headers: list[Any] = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     if status == 401:

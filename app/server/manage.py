@@ -13,7 +13,6 @@ from starlette.responses import Response
 from app.core.keys import KeySpec
 from app.core.routing.quota import Limits
 from app.core.services import Services
-from app.server.api import route_request
 from app.server.schemas import (
     ChatCompletionRequest,
     ExperimentBody,
@@ -23,6 +22,7 @@ from app.server.schemas import (
     RemoteBody,
     RouterBody,
 )
+from app.server.surfaces.common import route_request
 
 
 def routes(services: Services) -> APIRouter:

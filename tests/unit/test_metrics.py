@@ -28,10 +28,15 @@ def test_requests_tokens_and_cache() -> None:
                       ttft_s=0.7, duration_s=0.4)
     m.observe_request("llama:q4", "chat", 502, duration_s=0.01)
     m.observe_request("bge:f16", "embeddings", "ok", prompt_tokens=8, duration_s=0.05)
+    m.observe_request("llama:q4", "chat", "ok", surface="anthropic", prompt_tokens=10, duration_s=0.1)
 
-    assert value(m, "switchboard_requests_total", model="llama:q4", endpoint="chat", status="ok") == 2
-    assert value(m, "switchboard_requests_total", model="llama:q4", endpoint="chat", status="502") == 1
-    assert value(m, "switchboard_tokens_total", model="llama:q4", kind="prompt") == 150
+    assert value(m, "switchboard_requests_total", model="llama:q4", endpoint="chat", status="ok",
+                 surface="openai") == 2
+    assert value(m, "switchboard_requests_total", model="llama:q4", endpoint="chat", status="ok",
+                 surface="anthropic") == 1
+    assert value(m, "switchboard_requests_total", model="llama:q4", endpoint="chat", status="502",
+                 surface="openai") == 1
+    assert value(m, "switchboard_tokens_total", model="llama:q4", kind="prompt") == 160
     assert value(m, "switchboard_tokens_total", model="llama:q4", kind="completion") == 25
     assert value(m, "switchboard_tokens_total", model="llama:q4", kind="cached") == 60
     assert value(m, "switchboard_tokens_total", model="bge:f16", kind="prompt") == 8

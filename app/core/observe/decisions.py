@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from app.core.routing.request import Finished
 
 _COLUMNS = (
-    "seq", "time", "request_id", "endpoint", "model_id", "strategy", "reason", "total_score", "candidates",
+    "seq", "time", "request_id", "endpoint", "surface", "model_id", "strategy", "reason", "total_score", "candidates",
     "retried", "status", "prompt_tokens", "completion_tokens", "cached_tokens", "ttft_ms", "duration_ms", "error",
     "completed",
 )  # fmt: skip
@@ -55,6 +55,7 @@ class DecisionLog:
         request_id: str,
         *,
         endpoint: str,
+        surface: str = "openai",
         model_id: str,
         strategy: str,
         reason: str,
@@ -68,6 +69,7 @@ class DecisionLog:
             "time": self._clock(),
             "request_id": request_id,
             "endpoint": endpoint,
+            "surface": surface,
             "model_id": model_id,
             "strategy": strategy,
             "reason": reason,
@@ -85,9 +87,9 @@ class DecisionLog:
             prune = self._appends % self._prune_every == 0
             # Queued under our lock so a `complete` from another thread cannot overtake the INSERT.
             self._store.defer(
-                "INSERT INTO decisions (seq, time, request_id, endpoint, model_id, strategy, reason, total_score, "
-                "candidates, retried) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (seq, row["time"], request_id, endpoint, model_id, strategy, reason, row["total_score"],
+                "INSERT INTO decisions (seq, time, request_id, endpoint, surface, model_id, strategy, reason, "
+                "total_score, candidates, retried) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, row["time"], request_id, endpoint, surface, model_id, strategy, reason, row["total_score"],
                  candidates_json, int(retried)),
             )  # fmt: skip
         if prune:

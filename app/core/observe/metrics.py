@@ -87,8 +87,8 @@ class Metrics:
                  duration_buckets: Sequence[float] = DURATION_BUCKETS) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("switchboard_requests", "Requests handled", ["model", "endpoint", "status"],
-                                registry=r)
+        self.requests = Counter("switchboard_requests", "Requests handled; surface is the API they came through",
+                                ["model", "endpoint", "status", "surface"], registry=r)
         self.tokens = Counter("switchboard_tokens", "Tokens processed; kind is prompt, completion or cached",
                               ["model", "kind"], registry=r)
         self.ttft = Histogram("switchboard_time_to_first_token_seconds", "Time to the first generated token",
@@ -107,15 +107,17 @@ class Metrics:
     def on_finished(self, finished: Finished) -> None:
         o = finished.outcome
         self.observe_request(finished.decision.model_id, finished.request.endpoint, finished.status,
-                             prompt_tokens=o.prompt_tokens, completion_tokens=o.completion_tokens,
-                             cached_tokens=o.cached_tokens, ttft_s=o.ttft_s, duration_s=o.duration_s)
+                             surface=finished.request.surface, prompt_tokens=o.prompt_tokens,
+                             completion_tokens=o.completion_tokens, cached_tokens=o.cached_tokens, ttft_s=o.ttft_s,
+                             duration_s=o.duration_s)
 
-    def observe_request(self, model: str, endpoint: str, status: str | int, *, prompt_tokens: int = 0,
+    def observe_request(self, model: str, endpoint: str, status: str | int, *, surface: str = "openai",
+                        prompt_tokens: int = 0,
                         completion_tokens: int = 0, cached_tokens: int | None = None, ttft_s: float | None = None,
                         duration_s: float | None = None) -> None:
         """One finished request. `cached_tokens` None means prompt caching does not apply (no hit/miss counted);
         `ttft_s` None means nothing was generated (embeddings, early errors)."""
-        self.requests.labels(model, endpoint, str(status)).inc()
+        self.requests.labels(model, endpoint, str(status), surface).inc()
         for kind, count in (("prompt", prompt_tokens), ("completion", completion_tokens),
                             ("cached", cached_tokens or 0)):
             if count > 0:  # Counter.inc rejects negatives; zeros would only add empty series

@@ -28,6 +28,7 @@ class RouteRequest:
     user: str | None = None
     api_key_id: str | None = None
     request_id: str = ""
+    surface: str = "openai"  # the API it came through: "openai" | "responses" | "anthropic" | "ollama"
 
     @property
     def hard(self) -> frozenset[str]:

@@ -111,7 +111,20 @@ def _api_keys(db: sqlite3.Connection) -> None:
     )""")
 
 
-STEPS: tuple[Step, ...] = (_baseline, _api_keys)
+def _surfaces(db: sqlite3.Connection) -> None:
+    # observe/decisions.py: the API surface each request came through; server/surfaces/responses.py: stored
+    # Responses (the response object as sent, and the conversation it ends, for `previous_response_id`).
+    db.execute("ALTER TABLE decisions ADD COLUMN surface TEXT NOT NULL DEFAULT 'openai'")
+    db.execute("""CREATE TABLE responses (
+        id TEXT PRIMARY KEY,
+        created REAL NOT NULL,
+        response TEXT NOT NULL,
+        conversation TEXT NOT NULL
+    )""")
+    db.execute("CREATE INDEX responses_by_created ON responses (created)")
+
+
+STEPS: tuple[Step, ...] = (_baseline, _api_keys, _surfaces)
 
 
 def version(db: sqlite3.Connection) -> int:

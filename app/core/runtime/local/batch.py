@@ -183,7 +183,7 @@ class BatchEngine:
             stop += [s for s in stops if s not in stop]
         elif op == "completion":
             text = params["prompt"]
-            prompt = self.llm.tokenize(text.encode(), add_bos=True, special=True)
+            prompt = self._completion_tokens(text)
             echo = text if params.get("echo") else None
         else:
             raise RequestError(f"unknown operation {op!r}")
@@ -203,6 +203,15 @@ class BatchEngine:
         request.chain = sampling.chain(self.vocab, self.n_vocab)
         self.waiting.append(request)
         self.changed = True
+
+    def count(self, params: dict[str, Any]) -> int:
+        """The prompt tokens of a chat (or, given a `prompt`, a completion), as `submit` would make them."""
+        if "messages" in params:
+            return len(self._chat.tokens(params["messages"])[0])
+        return len(self._completion_tokens(params["prompt"]))
+
+    def _completion_tokens(self, text: str) -> list[int]:
+        return self.llm.tokenize(text.encode(), add_bos=True, special=True)
 
     def cancel(self, job_ids: set[str]) -> None:
         """Stop the named jobs at this step: their slots are free for the next."""

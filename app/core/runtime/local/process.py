@@ -159,6 +159,9 @@ class Worker:
                 return
             if self.engine is None:
                 raise Refused(f"This model serves embeddings only, not {op}", "invalid_request")
+            if op == "tokenize":
+                self.send({"id": job_id, "type": "done", "result": {"prompt_tokens": self.engine.count(params)}})
+                return
             if op == "chat" and any(isinstance(m.get("content"), list) for m in params.get("messages", ())):
                 raise Refused("This model's worker does not read images (its projector is not loaded)",
                               "unsupported_content")

@@ -1,8 +1,7 @@
-"""The OpenAI-compatible endpoints: models, chat completions, completions, embeddings, health."""
+"""The OpenAI surface: models, chat completions, completions, embeddings, health."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import json
@@ -15,11 +14,11 @@ from fastapi import APIRouter, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from app.core.errors import SwitchboardError
-from app.core.routing.needs import translate
-from app.core.routing.request import RouteRequest, RoutingDecision
-from app.core.services import Job, Services
+from app.core.routing.request import RouteRequest
+from app.core.services import Services
 from app.server import errors
 from app.server.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from app.server.surfaces.common import ClientDisconnected, collect_unless_disconnected, route_headers, route_request
 
 
 def routes(services: Services) -> APIRouter:
@@ -58,7 +57,7 @@ def routes(services: Services) -> APIRouter:
             result = [m async for m in job.stream()][-1]["result"]
         except SwitchboardError as exc:
             return errors.error_response(exc)
-        headers = _route_headers(job.decision)
+        headers = route_headers(job.decision)
         result["model"] = job.decision.model_id
         for item in result["data"]:
             if body.dimensions is not None:
@@ -69,24 +68,6 @@ def routes(services: Services) -> APIRouter:
         return JSONResponse(result, headers=headers)
 
     return router
-
-
-def route_request(request: Request, endpoint: str, body: Any) -> RouteRequest:
-    """What the router needs to know about an HTTP request: the model, the inferred needs, who asks."""
-    needs = translate(endpoint, body.model_dump(exclude_none=True))
-    # The Guard's name for the caller's key: quotas, pins and records name a key, never hold its secret.
-    return RouteRequest(endpoint, body.model, tuple(body.capabilities or ()), needs,
-                        session_key=request.headers.get("x-session-id") or body.user, user=body.user,
-                        api_key_id=request.state.api_key_name, request_id=request.state.request_id)
-
-
-def _route_headers(decision: RoutingDecision) -> dict[str, str]:
-    reason = f"{decision.strategy}; {decision.reason}"
-    headers = {"x-switchboard-model": decision.model_id,
-               "x-switchboard-route": reason.encode("latin-1", "replace").decode("latin-1")}
-    if decision.retried_from:
-        headers["x-switchboard-retried-from"] = decision.retried_from
-    return headers
 
 
 async def _generate(services: Services, request: Request, route: RouteRequest, op: str, params: dict[str, Any],
@@ -100,56 +81,19 @@ async def _generate(services: Services, request: Request, route: RouteRequest, o
         job = await services.open(route, op, params)
     except SwitchboardError as exc:
         return errors.error_response(exc)
-    headers = _route_headers(job.decision)
+    headers = route_headers(job.decision)
     model_id = job.decision.model_id
     if stream:
         events = _sse(job.stream(), response_id, model_id, include_usage)
         return StreamingResponse(events, media_type="text/event-stream",
                                  headers={**headers, "cache-control": "no-cache"})
     try:
-        chunks, usage = await _collect_unless_disconnected(job, request)
+        chunks, raw_usage = await collect_unless_disconnected(job, request)
     except SwitchboardError as exc:
         return errors.error_response(exc, headers)
     except ClientDisconnected:
         return Response(status_code=499)  # nobody is listening; the worker has been told to stop
-    return JSONResponse(_assemble(op, chunks, usage, response_id, model_id), headers=headers)
-
-
-class ClientDisconnected(Exception):
-    pass
-
-
-async def _collect_unless_disconnected(job: Job, request: Request) -> tuple[list[dict[str, Any]], dict | None]:
-    """Gather a non-streamed answer; a client that hangs up cancels the generation, as a streamed one does."""
-
-    async def collect() -> tuple[list[dict[str, Any]], dict | None]:
-        chunks: list[dict[str, Any]] = []
-        usage = None
-        async with contextlib.aclosing(job.stream()) as messages:  # type: ignore[type-var]
-            async for message in messages:
-                if message["type"] == "chunk":
-                    chunks.append(message["data"])
-                else:
-                    usage = _usage(message.get("usage"))
-        return chunks, usage
-
-    async def disconnected() -> None:
-        # The body has been read, so the next message the server gets is http.disconnect.
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    collecting = asyncio.ensure_future(collect())
-    watching = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait((collecting, watching), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watching.cancel()
-    if not collecting.done():
-        collecting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await collecting
-        raise ClientDisconnected()
-    return collecting.result()
+    return JSONResponse(_assemble(op, chunks, _usage(raw_usage), response_id, model_id), headers=headers)
 
 
 def _usage(raw: dict[str, int] | None) -> dict[str, Any] | None:
