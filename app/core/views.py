@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from app.core.catalog import capabilities as caps
 from app.core.catalog.model import ModelEntry
 
 if TYPE_CHECKING:
@@ -73,17 +74,24 @@ def placement_info(engine: Engine, entry: ModelEntry) -> dict[str, Any]:
 
 
 def model_object(engine: Engine, entry: ModelEntry) -> dict[str, Any]:
-    """A model as OpenAI's /v1/models lists it, with Switchboard's own fields added."""
+    """A model as OpenAI's /v1/models lists it, with Switchboard's own fields added and llama-server's `meta`
+    (what a client needs to size a conversation: the context a request gets, the trained one, the model's size)."""
+    meta = entry.metadata
     return {
         "id": entry.id,
         "object": "model",
-        "created": int(entry.metadata.get("mtime") or 0),
+        "created": int(meta.get("mtime") or 0),
         "owned_by": entry.source,
         "capabilities": entry.capabilities,
+        "input_modalities": ["text", "image"] if caps.VISION in entry.capabilities else ["text"],
+        "output_modalities": ["embedding"] if caps.EMBEDDINGS in entry.capabilities else ["text"],
         "aliases": entry.aliases,
         "health": engine.shown_health(entry.id)[0],
-        "context_length": entry.metadata.get("context_length"),
-        "quantization": entry.metadata.get("quantization"),
+        "context_length": engine.pool.context_of(entry),
+        "quantization": meta.get("quantization"),
+        "meta": {"n_ctx": engine.pool.context_of(entry), "n_ctx_train": meta.get("context_length"),
+                 "n_embd": meta.get("embedding_length"), "n_params": meta.get("parameter_count"),
+                 "size": meta.get("size")},
     }
 
 

@@ -25,7 +25,13 @@ def test_lists_the_default_model(client: openai.OpenAI) -> None:
     models = client.models.list()
     ids = [m.id for m in models.data]
     assert DEFAULT_ID in ids
-    assert client.models.retrieve(DEFAULT_ID).id == DEFAULT_ID
+    model = client.models.retrieve(DEFAULT_ID)
+    assert model.id == DEFAULT_ID
+    # As llama-server reports a model: what it takes in, what it can do, the context a request gets.
+    extra = model.model_extra
+    assert extra["input_modalities"] == ["text"] and {"chat", "tools"} <= set(extra["capabilities"])
+    assert extra["context_length"] == extra["meta"]["n_ctx"] == 4096 and extra["meta"]["n_ctx_train"] == 8192
+    assert extra["meta"]["n_params"] > 100_000_000
 
 
 def test_answers_capital_of_france(client: openai.OpenAI) -> None:

@@ -123,7 +123,7 @@ def entry_from_found(found: FoundModel) -> ModelEntry:
         "head_count": header.head_count,
         "head_count_kv": header.head_count_kv,
         "has_chat_template": header.has_chat_template,
-        "chat_template_tools": caps.template_supports_tools(template),
+        "tool_style": caps.tool_style(template),
         "pooling_type": header.pooling_type,
         "size": found.size or header.file_size,
         "general_name": header.name,

@@ -112,8 +112,8 @@ def _api_keys(db: sqlite3.Connection) -> None:
 
 
 def _surfaces(db: sqlite3.Connection) -> None:
-    # observe/decisions.py: the API surface each request came through; server/surfaces/responses.py: stored
-    # Responses (the response object as sent, and the conversation it ends, for `previous_response_id`).
+    # observe/decisions.py: the API surface each request came through; core/responses.py: stored Responses
+    # (the response object as sent, and the conversation it ends, for `previous_response_id`).
     db.execute("ALTER TABLE decisions ADD COLUMN surface TEXT NOT NULL DEFAULT 'openai'")
     db.execute("""CREATE TABLE responses (
         id TEXT PRIMARY KEY,

@@ -112,11 +112,14 @@ def _assemble(op: str, chunks: list[dict[str, Any]], usage: dict | None, respons
     finish_reason = None
     parts: list[str] = []
     logprobs: dict[str, list[Any]] | None = None  # each field's entries, in order (chat: "content")
+    tool_calls: list[dict[str, Any]] = []
     for chunk in chunks:
         for choice in chunk.get("choices", ()):
             piece = choice.get("delta", {}).get("content") if op == "chat" else choice.get("text")
             if piece:
                 parts.append(piece)
+            for call in choice.get("delta", {}).get("tool_calls") or ():
+                tool_calls.append({key: value for key, value in call.items() if key != "index"})
             if choice.get("logprobs"):
                 logprobs = logprobs or {}
                 for name, entries in choice["logprobs"].items():
@@ -125,8 +128,10 @@ def _assemble(op: str, chunks: list[dict[str, Any]], usage: dict | None, respons
     text = "".join(parts)
     created = int(time.time())
     if op == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish_reason,
-                  "logprobs": logprobs}
+        message: dict[str, Any] = {"role": "assistant", "content": text or (None if tool_calls else "")}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        choice = {"index": 0, "message": message, "finish_reason": finish_reason, "logprobs": logprobs}
         return {"id": response_id, "object": "chat.completion", "created": created, "model": model,
                 "choices": [choice], "usage": usage}
     choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": logprobs}

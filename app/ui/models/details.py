@@ -23,7 +23,7 @@ _METADATA_LABELS = (
     ("head_count", "Heads"),
     ("head_count_kv", "KV heads"),
     ("has_chat_template", "Chat template"),
-    ("chat_template_tools", "Template handles tools"),
+    ("tool_style", "Template's tool calls"),
     ("pooling_type", "Pooling type"),
 )
 

@@ -26,6 +26,8 @@ import llama_cpp
 import numpy as np
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
+from app.core.catalog.capabilities import tool_style
+from app.core.runtime.local import tools
 from app.core.runtime.local.grammar import SchemaRefused, grammar_for
 from app.core.runtime.local.prompt_cache import PromptCache, common_prefix
 
@@ -36,6 +38,8 @@ _arrivals = itertools.count()
 CHAT_DEFAULTS = {"temperature": 0.2, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
 COMPLETION_DEFAULTS = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
 PENALTY_LAST_N = 64
+# Characters an answer's start is held back while it may be a call that only starts an answer (Llama 3's JSON).
+START_HOLD = 16
 RANDOM_SEED = 0xFFFFFFFF  # llama.cpp's LLAMA_DEFAULT_SEED: a random seed per request
 # A model without a chat template is spoken to in ChatML, the most common format.
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
@@ -58,6 +62,7 @@ class Sampling:
     repeat_penalty: float = 1.0
     logit_bias: dict[int, float] = field(default_factory=dict)
     grammar: str | None = None
+    trigger: str | None = None  # a regex: the grammar applies once the answer so far matches it (a lazy grammar)
 
     @classmethod
     def of(cls, op: str, params: dict[str, Any]) -> Sampling:
@@ -78,7 +83,12 @@ class Sampling:
         chain = llama_cpp.llama_sampler_chain_init(llama_cpp.llama_sampler_chain_default_params())
         add = llama_cpp.llama_sampler_chain_add
         if self.grammar is not None:
-            grammar = llama_cpp.llama_sampler_init_grammar(vocab, self.grammar.encode(), b"root")
+            if self.trigger is None:
+                grammar = llama_cpp.llama_sampler_init_grammar(vocab, self.grammar.encode(), b"root")
+            else:
+                patterns = (ctypes.c_char_p * 1)(self.trigger.encode())
+                grammar = llama_cpp.llama_sampler_init_grammar_lazy_patterns(
+                    vocab, self.grammar.encode(), b"root", patterns, 1, None, 0)
             if not grammar:  # llama.cpp could not parse it: NULL, which a chain must never hold
                 llama_cpp.llama_sampler_free(chain)
                 raise SchemaRefused("The response_format schema gave a grammar llama.cpp cannot parse")
@@ -139,6 +149,11 @@ class Request:
         self.held = ""  # text not sent yet: it may be the start of a stop string
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.started_role = False
+        self.sent_text = False  # some of the answer's text has been sent
+        # Tool calls: the style the answer's calls take (None: no tools), and the answer from the call marker on,
+        # held back from the stream to be sent as calls (None until the marker appears).
+        self.tool_style: tools.Style | None = None
+        self.capture: str | None = None
         self.created = int(time.time())
         self.order = next(_arrivals)  # who came first, among the prompts still pending
 
@@ -178,8 +193,10 @@ class BatchEngine:
         params = dict(params)
         stop = list(params.get("stop") or [])
         echo = None
+        plan = None
         if op == "chat":
-            prompt, stops = self._chat.tokens(params["messages"])
+            plan = tools.plan(params, self._chat.tool_style)
+            prompt, stops = self._chat.tokens(plan.messages, plan.tools)
             stop += [s for s in stops if s not in stop]
         elif op == "completion":
             text = params["prompt"]
@@ -195,11 +212,19 @@ class BatchEngine:
         max_tokens = min(int(params.get("max_tokens") or room), room)
         vocabulary = self.n_vocab
         sampling = Sampling.of(op, params)
+        if plan is not None and plan.style is not None and plan.grammar is not None:
+            if sampling.grammar is not None:
+                raise RequestError("response_format cannot be combined with tools: a tool call has its own format")
+            sampling.grammar, sampling.trigger = plan.grammar, plan.style.trigger if plan.lazy else None
         if any(token >= vocabulary or token < 0 for token in sampling.logit_bias):
             raise RequestError(f"logit_bias names a token id beyond this model's vocabulary of {vocabulary}")
         top = params.get("top_logprobs")
         request = Request(job_id, op, prompt, sampling, max_tokens=max_tokens, stop=stop, echo=echo,
                           top_logprobs=None if top is None else int(top), tag=tag)
+        if plan is not None and plan.style is not None:
+            request.tool_style = plan.style
+            if not plan.lazy:  # the grammar makes the whole answer a call
+                request.capture = ""
         request.chain = sampling.chain(self.vocab, self.n_vocab)
         self.waiting.append(request)
         self.changed = True
@@ -207,7 +232,8 @@ class BatchEngine:
     def count(self, params: dict[str, Any]) -> int:
         """The prompt tokens of a chat (or, given a `prompt`, a completion), as `submit` would make them."""
         if "messages" in params:
-            return len(self._chat.tokens(params["messages"])[0])
+            plan = tools.plan(params, self._chat.tool_style)
+            return len(self._chat.tokens(plan.messages, plan.tools)[0])
         return len(self._completion_tokens(params["prompt"]))
 
     def _completion_tokens(self, text: str) -> list[int]:
@@ -435,7 +461,11 @@ class BatchEngine:
         return {**entry(token, piece), "top_logprobs": alternatives}
 
     def _emit(self, request: Request, text: str) -> bool:
-        """Send what can be sent of the text so far; True when a stop string ended the request."""
+        """Send what can be sent of the text so far; True when a stop string ended the request. From a tool
+        call's marker on, the text is kept to be sent as calls when the answer ends."""
+        if request.capture is not None:
+            request.capture += text
+            return False
         held = request.held + text
         for stop in request.stop:
             at = held.find(stop)
@@ -444,20 +474,39 @@ class BatchEngine:
                 request.held = ""
                 self._finish(request, "stop")
                 return True
-        # Hold back the end that could be the start of a stop string.
-        keep = max((k for stop in request.stop for k in range(min(len(stop) - 1, len(held)), 0, -1)
-                    if held.endswith(stop[:k])), default=0)
+        style = request.tool_style
+        opener = None
+        if style is not None and (style.anywhere or not request.sent_text):
+            at = style.find(held)
+            if at >= 0:
+                self._chunk(request, held[:at])
+                request.held, request.capture = "", held[at:]
+                return False
+            start = held.lstrip()
+            if not style.anywhere and (not start or start.startswith(style.opener) and len(start) < START_HOLD):
+                request.held = held  # it may yet be the start of a call
+                return False
+            opener = style.opener
+        # Hold back the end that could be the start of a stop string (or of a tool call's marker).
+        watched = [*request.stop, opener] if opener is not None else request.stop
+        keep = max((k for s in watched for k in range(min(len(s) - 1, len(held)), 0, -1) if held.endswith(s[:k])),
+                   default=0)
         self._chunk(request, held[:len(held) - keep])
         request.held = held[len(held) - keep:]
         return False
 
-    def _chunk(self, request: Request, text: str, finish_reason: str | None = None) -> None:
-        if not text and finish_reason is None and (request.started_role or request.op != "chat"):
+    def _chunk(self, request: Request, text: str, finish_reason: str | None = None,
+               tool_calls: list[dict[str, Any]] | None = None) -> None:
+        if not text and finish_reason is None and tool_calls is None and (request.started_role or
+                                                                          request.op != "chat"):
             return
+        request.sent_text = request.sent_text or bool(text.strip())
         logprobs = _logprobs(request.op, request.logprobs) if request.logprobs else None
         request.logprobs = []
         if request.op == "chat":
             delta: dict[str, Any] = {} if finish_reason else {"content": text} if text else {}
+            if tool_calls is not None:
+                delta = {"tool_calls": tool_calls}
             if not request.started_role:
                 delta = {"role": "assistant", **delta}
                 request.started_role = True
@@ -476,7 +525,15 @@ class BatchEngine:
     def _finish(self, request: Request, reason: str) -> None:
         if reason != "cancelled":
             tail = request.held + request.decoder.decode(b"", final=True)
-            if reason != "stop" or not any(s in tail for s in request.stop):
+            if request.capture is not None and request.tool_style is not None:
+                captured = request.capture + tail
+                calls = tools.parse(request.tool_style, captured)
+                if calls:  # cut off by max_tokens, the answer still says "length"
+                    self._chunk(request, "", tool_calls=calls)
+                    reason = "tool_calls" if reason == "stop" else reason
+                else:  # cut off inside its first call: what there is, as text
+                    self._chunk(request, captured)
+            elif reason != "stop" or not any(s in tail for s in request.stop):
                 self._chunk(request, tail)
             self._chunk(request, "", finish_reason=reason)
         prompt = len(request.prompt)
@@ -535,13 +592,15 @@ class ChatPrompt:
         bos = model.token_bos()
         template = llm.metadata.get("tokenizer.chat_template") or CHATML
         self.llm = llm
+        self.tool_style = tool_style(template)  # None: tools reach the model through tools.py's fallback
         self.formatter = Jinja2ChatFormatter(
             template=template, eos_token=model.token_get_text(eos) if eos >= 0 else "",
             bos_token=model.token_get_text(bos) if bos >= 0 else "", stop_token_ids=[eos])
 
-    def tokens(self, messages: list[Any]) -> tuple[list[int], list[str]]:
-        """The prompt's tokens, and the stop strings the template asks for."""
-        rendered = self.formatter(messages=messages)
+    def tokens(self, messages: list[Any], tools: list[Any] | None = None) -> tuple[list[int], list[str]]:
+        """The prompt's tokens, and the stop strings the template asks for; `tools` for a template that renders
+        tool definitions itself."""
+        rendered = self.formatter(messages=messages, tools=tools)
         prompt = self.llm.tokenize(rendered.prompt.encode(), add_bos=not rendered.added_special, special=True)
         stops = [rendered.stop] if isinstance(rendered.stop, str) else list(rendered.stop or [])
         return prompt, [s for s in stops if s]
