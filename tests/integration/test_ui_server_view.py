@@ -95,8 +95,16 @@ def test_url_and_copy_button(qtbot, engine: Engine, loop: qasync.QEventLoop) -> 
     controller.url = "http://127.0.0.1:9999/v1"
     controller.state_changed.emit(True, controller.url, "")
     assert panel.url == "http://127.0.0.1:9999/v1"
-    panel.copy_button.click()
+    # One URL per kind of client: OpenAI's base URL; Anthropic's and Ollama's clients add their own paths.
+    assert [f.text() for f in panel.client_fields] == ["http://127.0.0.1:9999/v1", "http://127.0.0.1:9999",
+                                                       "http://127.0.0.1:9999"]
+    panel.copy_buttons[0].click()
     assert QGuiApplication.clipboard().text() == "http://127.0.0.1:9999/v1"
+    panel.copy_buttons[1].click()
+    assert QGuiApplication.clipboard().text() == "http://127.0.0.1:9999"
+    engine.config.ollama_port = 11434  # Ollama's clients then have a port of their own
+    controller.state_changed.emit(True, controller.url, "")
+    assert panel.client_fields[2].text() == "http://127.0.0.1:11434"
 
 
 def test_a_start_failure_is_shown(qtbot, engine: Engine) -> None:

@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
     QFormLayout,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QHeaderView,
@@ -148,16 +149,25 @@ class ServerPanel(QWidget):
         row.addWidget(self.start_button)
         row.addWidget(self.stop_button)
         state_layout.addLayout(row)
-        row = QHBoxLayout()
-        row.addWidget(QLabel("Endpoint:"))
-        self.url_field = QLineEdit()
-        self.url_field.setReadOnly(True)
-        self.copy_button = QPushButton("Copy")
-        self.copy_button.setToolTip("Copy the OpenAI-compatible base URL")
-        self.copy_button.clicked.connect(self.copy_url)
-        row.addWidget(self.url_field, 1)
-        row.addWidget(self.copy_button)
-        state_layout.addLayout(row)
+        # The URL to paste into each kind of client, one row per API surface; the first is the OpenAI base URL.
+        grid = QGridLayout()
+        self.client_fields: list[QLineEdit] = []
+        self.copy_buttons: list[QPushButton] = []
+        for index, (who, _, setting) in enumerate(client_urls(_endpoint("127.0.0.1", 1), None)):
+            field = QLineEdit()
+            field.setReadOnly(True)
+            field.setToolTip(f"Paste as {setting}")
+            copy = QPushButton("Copy")
+            copy.setToolTip(f"Copy the URL for {who}")
+            copy.clicked.connect(lambda _=False, f=field: QGuiApplication.clipboard().setText(f.text()))
+            grid.addWidget(QLabel(who + ":"), index, 0)
+            grid.addWidget(field, index, 1)
+            grid.addWidget(copy, index, 2)
+            self.client_fields.append(field)
+            self.copy_buttons.append(copy)
+        grid.setColumnStretch(1, 1)
+        self.url_field = self.client_fields[0]
+        state_layout.addLayout(grid)
         self.error_label = QLabel()
         self.error_label.setWordWrap(True)
         self.error_label.setStyleSheet("color: #c0392b;")
@@ -238,22 +248,16 @@ class ServerPanel(QWidget):
         self.start_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
         config = self.services.config
-        if running:
-            self.state_label.setText("Running")
-            self.url_field.setText(url)
-        else:
-            self.state_label.setText("Stopped")
-            self.url_field.setText(_endpoint(config.host, config.port))
-        self.url_field.setToolTip("" if running else "where the server will listen once started")
+        self.state_label.setText("Running" if running else "Stopped")
+        base = url if running else _endpoint(config.host, config.port)
+        for field, (_, address, _) in zip(self.client_fields, client_urls(base, config.ollama_port), strict=True):
+            field.setText(address)
         self.error_label.setText(error)
         self.error_label.setVisible(bool(error))
 
     @property
     def url(self) -> str:
         return self.url_field.text()
-
-    def copy_url(self) -> None:
-        QGuiApplication.clipboard().setText(self.url)
 
     def start(self) -> None:
         self._spawn(self.controller.start())
@@ -338,6 +342,17 @@ class ServerPanel(QWidget):
         """Run a controller coroutine on the (qasync) loop; a failure shows as the state's error."""
         spawn(coro, on_error=lambda exc: self._on_state(bool(self.controller.running), self.controller.url or "",
                                                         str(exc)))
+
+
+def client_urls(base: str, ollama_port: int | None) -> list[tuple[str, str, str]]:
+    """(which clients, the URL they take, the setting it goes in) for each API surface, from the OpenAI base URL
+    (http://HOST:PORT/v1). Anthropic's and Ollama's clients add their own paths to the bare server address;
+    Ollama's listen on their own port when one is configured."""
+    root = base.removesuffix("/v1")
+    ollama = root if ollama_port is None else root.rsplit(":", 1)[0] + f":{ollama_port}"
+    return [("OpenAI API and Responses (Codex, Agents SDK, most apps)", base, "the base URL / OPENAI_BASE_URL"),
+            ("Anthropic Messages (Claude Code)", root, "ANTHROPIC_BASE_URL"),
+            ("Ollama API (Open WebUI, VS Code Copilot, Raycast)", ollama, "the Ollama URL / OLLAMA_HOST")]
 
 
 def _endpoint(host: str, port: int) -> str:
