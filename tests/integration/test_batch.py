@@ -129,6 +129,7 @@ def test_stop_strings_max_tokens_and_json_schema_are_per_request(engine: tuple[B
     run(batch)
     assert outbox.finish("short") == "length" and outbox.done("short")["usage"]["completion_tokens"] == 5
     assert outbox.finish("stopped") == "stop" and "," not in outbox.text("stopped")
+    assert outbox.done("stopped")["stop_sequence"] == "," and outbox.done("short")["stop_sequence"] is None
     assert set(json.loads(outbox.text("json"))) == {"city"}
     assert outbox.done("free")["usage"]["completion_tokens"] == 30
 

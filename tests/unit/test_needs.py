@@ -29,7 +29,7 @@ def test_plain_chat() -> None:
     assert needs.hard == {"chat"} and needs.soft == frozenset()
     assert needs.text == "system: Be brief.\nuser: What is 2+2?\n"
     assert needs.prompt_tokens_estimate == math.ceil(len(needs.text) / 4)
-    assert needs.min_context == needs.prompt_tokens_estimate + 50
+    assert needs.min_context == needs.prompt_tokens_estimate + 1  # max_tokens is a ceiling, not a need
 
 
 def test_endpoint_names_and_paths() -> None:
@@ -84,10 +84,9 @@ def test_completions_and_embeddings_text() -> None:
 def test_completion_budget() -> None:
     base = translate("chat", chat(user("x" * 40))).prompt_tokens_estimate
     assert base == 12  # "user: " + 40 x + "\n" = 47 chars, 11.75 tokens rounded up
-    assert translate("chat", chat(user("x" * 40), max_completion_tokens=100)).min_context == base + 100
-    # max_tokens wins over max_completion_tokens, as in the request schema.
-    assert translate("chat", chat(user("x" * 40), max_tokens=7, max_completion_tokens=100)).min_context == base + 7
-    assert translate("chat", chat(user("x" * 40), max_tokens=True)).min_context == base
+    # A budget of any size asks only for room for the prompt and one token: the worker stops at the context's end.
+    for budget in ({}, {"max_completion_tokens": 100}, {"max_tokens": 32_000}, {"max_tokens": True}):
+        assert translate("chat", chat(user("x" * 40), **budget)).min_context == base + 1
     assert translate("chat", chat(user("x" * 40)), chars_per_token=2.0).prompt_tokens_estimate == 24
     with pytest.raises(ValueError):
         translate("chat", chat(user("x")), chars_per_token=0)

@@ -99,11 +99,13 @@ def test_what_is_not_a_call_is_not_read_as_one() -> None:
 def test_lazy_triggers_match_where_a_call_may_start() -> None:
     import re
 
-    hermes = re.compile(tools.HERMES.trigger)
-    assert hermes.fullmatch("Let me look that up. <tool_call>\n{") and not hermes.fullmatch("No call here")
-    assert hermes.fullmatch("x <tool_call>").start(1) == 2
-    llama = re.compile(tools.LLAMA3.trigger)
-    assert llama.fullmatch('  {"name": "add"') and not llama.fullmatch('Sure: {"name": "add"')
+    hermes = re.compile(tools.HERMES.trigger)  # searched for: the call begins where it matches
+    assert hermes.search("Let me look that up. <tool_call>\n{") and not hermes.search("No call here")
+    assert hermes.search("x <tool_call>").start() == 2
+    llama = tools.LLAMA3.trigger  # matched against the whole answer: the call must start it
+    assert llama.startswith("^") and llama.endswith("$")
+    assert re.fullmatch(llama, '  {"name": "add"').start(1) == 2
+    assert not re.fullmatch(llama, 'Sure: {"name": "add"')
 
 
 def test_an_answer_cut_off_keeps_its_complete_calls_and_repeats_count_once() -> None:

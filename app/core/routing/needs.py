@@ -93,7 +93,9 @@ IMAGE_PLACEHOLDER = "[image]"  # stands for an image in `text`, so prefixes stay
 class QueryNeeds:
     hard: frozenset[str]  # a model without all of these cannot serve the request
     soft: frozenset[str]  # prefer models tagged with these, when any exists
-    min_context: int  # prompt estimate plus the completion budget the client asked for
+    # The prompt estimate and room for one token: max_tokens is a ceiling, not a need (clients such as Claude Code
+    # send 32000 on every request; the worker stops at the end of the context with finish_reason "length").
+    min_context: int
     text: str  # the whole prompt as plain text; turn N's text is a prefix of turn N+1's
     prompt_tokens_estimate: int
 
@@ -121,13 +123,10 @@ def translate(endpoint: str, body: Mapping[str, Any], *, chars_per_token: float 
         hard.add(caps.TOOLS)
 
     prompt_tokens = math.ceil(len(text) / chars_per_token) + tokens
-    budget = _positive_int(body.get("max_tokens"))
-    if budget is None:
-        budget = _positive_int(body.get("max_completion_tokens"))
     return QueryNeeds(
         hard=frozenset(hard),
         soft=frozenset(_soft(text)),
-        min_context=prompt_tokens + (budget or 0),
+        min_context=prompt_tokens + 1,
         text=text,
         prompt_tokens_estimate=prompt_tokens,
     )
@@ -244,9 +243,3 @@ def _opens_like_code(line: str) -> bool:
 # -- values ----------------------------------------------------------------------------------
 def _non_empty(value: Any) -> bool:
     return isinstance(value, (list, tuple, Mapping)) and len(value) > 0
-
-
-def _positive_int(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        return None
-    return value

@@ -130,6 +130,7 @@ class Resident:
     busy: bool = False
     loading: bool = False
     pinned: bool = False
+    ttl: float | None = None  # its own keep-alive in seconds (math.inf: until unloaded); None: the pool's idle TTL
 
     @property
     def evictable(self) -> bool:
@@ -151,5 +152,7 @@ def choose_evictions(resident: Sequence[Resident], need: int, budget: int) -> li
 
 
 def expired(resident: Sequence[Resident], now: float, ttl: float) -> list[str]:
-    """Idle, unpinned models unused for longer than `ttl` seconds."""
-    return [r.model_id for r in resident if r.evictable and now - r.last_used > ttl]
+    """Idle, unpinned models unused for their own keep-alive (0: expired as soon as idle), or for `ttl` seconds
+    without one."""
+    return [r.model_id for r in resident
+            if r.evictable and now - r.last_used >= (ttl if r.ttl is None else r.ttl)]

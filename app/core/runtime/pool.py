@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ class LoadedModel:
     gpu_layers: int = 0  # llama.cpp's n_gpu_layers it was loaded with (-1: all)
     parallel: int = 0  # requests it decodes together (its slots); 0 for a remote backend
     report: SlotReport = SlotReport()  # what its slots hold and do, as the worker last said (empty: remote)
+    expires_in_s: float = math.inf  # until the idle reaper unloads it, if it stays idle (inf: never)
 
 
 # (model_id, replica, state, reason): one step of a worker's lifecycle; the reason says why it failed.
@@ -84,6 +86,7 @@ class ModelPool:
         self._pinned: set[str] = set(store.get_setting("pinned", []))
         self._reaper: asyncio.Task[None] | None = None
         self._rss: dict[str, int] = {}
+        self._keep_alive: dict[str, float] = {}  # a worker's idle seconds as a request set them; else the idle TTL
         # Where each local worker's memory went (RAM / VRAM), decided when it loaded.
         self._placements: dict[str, Placement] = {}
         # NVIDIA GPUs and each worker's VRAM, as last sampled; None where NVML finds no GPU (then never asked again).
@@ -108,13 +111,18 @@ class ModelPool:
         views = [
             LoadedModel(key, w.model_id, w.replica, w.pid, "loaded", self._estimates.get(key, 0), w.rss(),
                         w.in_flight, w.model_id in self._pinned, now - w.last_used, self._vram.get(key, 0),
-                        placed[key].gpu_layers, placed[key].parallel, w.slot_report)
+                        placed[key].gpu_layers, placed[key].parallel, w.slot_report,
+                        self._expires_in(key, w, now - w.last_used))
             for key, w in self._workers.items()
         ]
         views += [LoadedModel(key, mid, replica, None, "loading", self._estimates.get(key, 0), 0, 0,
                               mid in self._pinned, 0.0, parallel=placed[key].parallel)
                   for key, (mid, replica) in ((k, _split_key(k)) for k in self._loading)]
         return views
+
+    def _expires_in(self, key: str, handle: Handle, idle_s: float) -> float:
+        reaped = isinstance(handle, WorkerHandle) and handle.model_id not in self._pinned  # not remote, not pinned
+        return max(0.0, self._keep_alive.get(key, self._config.idle_ttl_s) - idle_s) if reaped else math.inf
 
     def is_loading(self, model_id: str) -> bool:
         """Whether a worker of the model is starting and none of them runs yet."""
@@ -289,6 +297,7 @@ class ModelPool:
     def _release(self, key: str) -> None:
         """Forget what a worker that stopped (or never started) was counted for, and re-share the cores."""
         self._estimates.pop(key, None)
+        self._keep_alive.pop(key, None)
         self._placements.pop(key, None)
         self._vram.pop(key, None)
         self._share_threads()
@@ -336,6 +345,11 @@ class ModelPool:
         (self._pinned.add if pinned else self._pinned.discard)(model_id)
         self._store.set_setting("pinned", sorted(self._pinned))
 
+    async def keep_alive(self, model_id: str, seconds: float) -> None:
+        """Unload the model's workers `seconds` idle (inf: never; 0: once idle), not at the idle TTL; reap now."""
+        self._keep_alive.update({key: seconds for key in self._workers if _split_key(key)[0] == model_id})
+        await self.reap_idle()
+
     def start_reaper(self, interval: float | None = None) -> None:
         interval = interval or max(1.0, min(30.0, self._config.idle_ttl_s / 4))
         self._reaper = asyncio.create_task(self._reap_forever(interval), name="idle-reaper")
@@ -354,7 +368,7 @@ class ModelPool:
             await asyncio.sleep(1.0)
             self.sample_memory()
             ticks += 1
-            if ticks >= interval:
+            if ticks >= interval or self._keep_alive:  # a worker's own keep-alive is honoured to the second
                 ticks = 0
                 await self.reap_idle()
 
@@ -371,7 +385,7 @@ class ModelPool:
         """Local workers as the eviction policy sees them, keyed by worker key (remote ones use no memory)."""
         residents = [
             Resident(key, self._estimates.get(key, 0), w.last_used, busy=w.busy,
-                              pinned=w.model_id in self._pinned)
+                     pinned=w.model_id in self._pinned, ttl=self._keep_alive.get(key))
             for key, w in self._workers.items() if key != exclude and isinstance(w, WorkerHandle)
         ]
         residents += [

@@ -11,14 +11,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from app.core.errors import SwitchboardError
 from app.core.routing.request import RouteRequest
-from app.core.services import Services
+from app.core.services import Job, Services
 from app.server import errors
 from app.server.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from app.server.surfaces.common import ClientDisconnected, collect_unless_disconnected, route_headers, route_request
+from app.server.surfaces import common
+from app.server.surfaces.common import route_headers, route_request
 
 
 def routes(services: Services) -> APIRouter:
@@ -72,28 +73,16 @@ def routes(services: Services) -> APIRouter:
 
 async def _generate(services: Services, request: Request, route: RouteRequest, op: str, params: dict[str, Any],
                     stream: bool, include_usage: bool) -> Response:
-    request_id: str = request.state.request_id
-    prefix = "chatcmpl" if op == "chat" else "cmpl"
-    response_id = f"{prefix}-{request_id}"
-    try:
-        # The first message has arrived when open returns: a model that cannot load gets a real HTTP error
-        # (after one retry on another model), not a broken stream.
-        job = await services.open(route, op, params)
-    except SwitchboardError as exc:
-        return errors.error_response(exc)
-    headers = route_headers(job.decision)
-    model_id = job.decision.model_id
-    if stream:
-        events = _sse(job.stream(), response_id, model_id, include_usage)
-        return StreamingResponse(events, media_type="text/event-stream",
-                                 headers={**headers, "cache-control": "no-cache"})
-    try:
-        chunks, raw_usage = await collect_unless_disconnected(job, request)
-    except SwitchboardError as exc:
-        return errors.error_response(exc, headers)
-    except ClientDisconnected:
-        return Response(status_code=499)  # nobody is listening; the worker has been told to stop
-    return JSONResponse(_assemble(op, chunks, _usage(raw_usage), response_id, model_id), headers=headers)
+    response_id = f"{'chatcmpl' if op == 'chat' else 'cmpl'}-{request.state.request_id}"
+
+    def streamed(job: Job) -> AsyncIterator[bytes]:
+        return _sse(job.stream(), response_id, job.decision.model_id, include_usage)
+
+    def whole(job: Job, chunks: list[dict[str, Any]], done: dict[str, Any]) -> dict[str, Any]:
+        return _assemble(op, chunks, _usage(done.get("usage")), response_id, job.decision.model_id)
+
+    return await common.answer(services, request, route, op, params, surface="openai", stream=stream, streamed=streamed,
+                        whole=whole)
 
 
 def _usage(raw: dict[str, int] | None) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ from PySide6.QtCore import QObject, Signal
 
 from app.core.config import Config
 from app.core.services import Services
-from app.server.run import StartupError, bind, check_exposure, make_server
+from app.server.run import StartupError, bind_all, check_exposure, make_server
 
 _START_TIMEOUT_S = 30.0
 
@@ -34,7 +34,8 @@ class ServerController(QObject):
         self._services = services
         self._server: uvicorn.Server | None = None
         self._task: asyncio.Task[None] | None = None
-        self._sock: socket.socket | None = None
+        # The main port's socket, then Ollama's when config.ollama_port is set.
+        self._socks: list[socket.socket] = []
         self._url = ""
         self._error = ""
         self._lock = asyncio.Lock()
@@ -57,7 +58,7 @@ class ServerController(QObject):
 
     @property
     def port(self) -> int | None:
-        return None if self._sock is None else int(self._sock.getsockname()[1])
+        return int(self._socks[0].getsockname()[1]) if self._socks else None
 
     @property
     def error(self) -> str:
@@ -70,7 +71,8 @@ class ServerController(QObject):
 
     # -- actions -------------------------------------------------------------------------------
     async def start(self) -> bool:
-        """Listen on config.host:config.port. False (and state_changed with the reason) when it cannot."""
+        """Listen on config.host:config.port (and config.ollama_port when set). False (and state_changed with the
+        reason) when it cannot."""
         async with self._lock:
             return await self._start()
 
@@ -91,13 +93,13 @@ class ServerController(QObject):
         config = self.config
         try:
             check_exposure(self._services)
-            sock = bind(config)
+            socks = bind_all(config)
         except StartupError as exc:
             self._fail(str(exc))
             return False
         server = make_server(self._services)
-        self._sock, self._server, self._error = sock, server, ""
-        self._task = asyncio.create_task(server.serve(sockets=[sock]), name="http-server")
+        self._socks, self._server, self._error = socks, server, ""
+        self._task = asyncio.create_task(server.serve(sockets=socks), name="http-server")
         self._task.add_done_callback(self._served)
         deadline = asyncio.get_running_loop().time() + _START_TIMEOUT_S
         while not server.started and not self._task.done():
@@ -108,7 +110,7 @@ class ServerController(QObject):
             await asyncio.sleep(0.01)
         if self._task.done():
             return False  # _served reported why
-        host, port = sock.getsockname()[:2]
+        host, port = socks[0].getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
         self._url = f"http://{shown}:{port}/v1"
         self.state_changed.emit(True, self._url, "")
@@ -145,6 +147,6 @@ class ServerController(QObject):
         self.state_changed.emit(False, "", reason)
 
     def _close_socket(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        for sock in self._socks:
+            sock.close()
+        self._socks = []

@@ -472,7 +472,7 @@ class BatchEngine:
             if at >= 0:
                 self._chunk(request, held[:at])
                 request.held = ""
-                self._finish(request, "stop")
+                self._finish(request, "stop", stop)
                 return True
         style = request.tool_style
         opener = None
@@ -522,7 +522,9 @@ class BatchEngine:
                     "choices": [choice]}
         self.send({"id": request.id, "type": "chunk", "data": data})
 
-    def _finish(self, request: Request, reason: str) -> None:
+    def _finish(self, request: Request, reason: str, stop_sequence: str | None = None) -> None:
+        """End a request: the rest of its text (or its tool calls), the finish chunk, and `done` with its usage and
+        the stop string that ended it, if one did (Anthropic's stop_sequence)."""
         if reason != "cancelled":
             tail = request.held + request.decoder.decode(b"", final=True)
             if request.capture is not None and request.tool_style is not None:
@@ -541,7 +543,7 @@ class BatchEngine:
                  "total_tokens": prompt + request.completion_tokens, "cached_tokens": request.cached}
         self._free(request)
         self.send({"id": request.id, "type": "done", "finish_reason": None if reason != "cancelled" else reason,
-                   "usage": usage if reason != "cancelled" else None,
+                   "usage": usage if reason != "cancelled" else None, "stop_sequence": stop_sequence,
                    "threads": [self.llm.n_threads, self.llm.n_threads_batch]})
 
     def drop(self, request: Request) -> None:

@@ -50,9 +50,11 @@ class Style:
 
     @property
     def trigger(self) -> str:
-        """The lazy grammar's trigger: a regex matching the whole answer so far, group 1 where the call begins."""
-        lead = r"[\s\S]*?" if self.anywhere else r"\s*"
-        return lead + "(" + self.marker + r")[\s\S]*"
+        """The lazy grammar's trigger, as llama.cpp reads one: a regex searched for in the answer so far (the call
+        begins where it matches), or, between ^ and $, matched against the whole answer (group 1: where the call
+        begins). llama.cpp tries it after every token, so it is kept to what a match needs: a search for the
+        marker, or one anchored match for a call that may only start the answer."""
+        return self.marker if self.anywhere else r"^\s*(" + self.marker + r")[\s\S]*$"
 
 
 HERMES = Style("hermes", re.escape("<tool_call>"), "<tool_call>", "arguments", True,
