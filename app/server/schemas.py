@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app.core.config import MAX_PARALLEL
 from app.core.errors import InvalidRequest
@@ -268,6 +268,21 @@ class EmbeddingRequest(_Body):
         if isinstance(value, list) and len(value) > 2048:
             raise ValueError("at most 2048 inputs per request")
         return value
+
+
+B = TypeVar("B", bound=_Body)
+
+
+def internal(model: type[B], data: dict[str, Any]) -> B:
+    """An internal request (an OpenAI body) that another API surface made of its own; what it refuses is the
+    client's fault, an InvalidRequest naming the field, never a server error."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise InvalidRequest(f"Invalid value for '{field}': {message}" if field else message, param=field) from None
 
 
 # -- management API ---------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 Each operation gets schemathesis's coverage cases (boundary values, wrong types, missing fields, methods it does
 not allow) and random valid and invalid requests; then the operations on one model get them again aimed at the
 real default model instead of a random id. Every answer must be clean: no 500 or other 5xx, a 503 only for a
-model that really cannot serve, and every error body (and every error event in a stream) in OpenAI's envelope.
+model that really cannot serve, and every error body (and every error event in a stream) in the error shape of
+the API surface it came through: OpenAI's envelope, Anthropic's on /v1/messages, Ollama's on its paths.
 Afterwards the settings the fuzz may have changed are put back, and `/health` and a normal chat completion to the
 default model must still answer.
 
@@ -32,12 +33,16 @@ from schemathesis.core.result import Err, Ok
 from schemathesis.schemas import APIOperation, BaseSchema
 
 from app.core import errors
+from app.server.errors import surface_of
 from tests.support.examples import examples
 from tests.support.servers import Served, start_server
 
 EXAMPLES = examples(25)  # per operation and generation mode
-GENERATING = frozenset({"/v1/chat/completions", "/v1/completions"})
-TOKEN_LIMITS = ("max_tokens", "max_completion_tokens")
+# Each generating operation and the fields its token budget may be in (the first is set when none is).
+GENERATING = {"/v1/chat/completions": ("max_tokens", "max_completion_tokens"), "/v1/completions": ("max_tokens",),
+              "/v1/responses": ("max_output_tokens",), "/v1/messages": ("max_tokens",)}
+OLLAMA_GENERATING = frozenset({"/api/chat", "/api/generate"})  # their budget is options.num_predict
+STREAMS = ("text/event-stream", "application/x-ndjson")
 MAX_TOKENS = 8
 MAX_REPLICAS = 2
 TIMEOUT_S = 60
@@ -132,7 +137,7 @@ class Fuzz:
         except requests.RequestException as exc:
             self.findings.add(label, f"no answer ({type(exc).__name__})", case.as_curl_command(headers=ADMIN))
             return
-        for kind in _problems(response, self.model_id):
+        for kind in _problems(response, self.model_id, surface_of(case.operation.path)):
             self.findings.add(label, kind, f"{case.as_curl_command(headers=ADMIN)}\n"
                                            f"-> {response.status_code} {response.text[:500]}")
 
@@ -142,11 +147,16 @@ def _bound(case: Case) -> None:
     body = case.body
     if not isinstance(body, dict):
         return
-    if case.operation.path in GENERATING:
-        for name in TOKEN_LIMITS:
-            _cap(body, name, MAX_TOKENS)
-        if all(body.get(name) is None for name in TOKEN_LIMITS):
-            body["max_tokens"] = MAX_TOKENS
+    limits = GENERATING.get(case.operation.path, ())
+    for name in limits:
+        _cap(body, name, MAX_TOKENS)
+    if limits and all(body.get(name) is None for name in limits):
+        body[limits[0]] = MAX_TOKENS
+    if case.operation.path in OLLAMA_GENERATING:
+        options = body.setdefault("options", {})
+        if isinstance(options, dict):
+            _cap(options, "num_predict", MAX_TOKENS)
+            options.setdefault("num_predict", MAX_TOKENS)
     _cap(body, "replicas", MAX_REPLICAS)
 
 
@@ -157,22 +167,23 @@ def _cap(body: dict[str, Any], name: str, limit: int) -> None:
         body[name] = limit
 
 
-def _problems(response: Response, model_id: str) -> list[str]:
+def _problems(response: Response, model_id: str, shape: str) -> list[str]:
     status = response.status_code
     if status < 400:
-        if not any(value.startswith("text/event-stream") for value in response.headers.get("content-type", [])):
+        if not any(value.startswith(STREAMS) for value in response.headers.get("content-type", [])):
             return []
         problems = []
         for line in response.text.splitlines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
+            line = line.removeprefix("data: ") if shape != "ollama" else line
+            if not line.startswith("{"):
+                continue  # SSE's event: lines, [DONE], blank lines
             try:
-                event = json.loads(line.removeprefix("data: "))
+                event = json.loads(line)
             except ValueError:
                 problems.append("a stream event is not JSON")
                 continue
-            if isinstance(event, dict) and "error" in event:
-                problems.extend(_error_problems(event, None, model_id))
+            if isinstance(event, dict) and ("error" in event or event.get("type") == "error"):
+                problems.extend(_error_problems(event, None, model_id, shape))
         return problems
     if status == 405 and "allow" not in response.headers:
         return ["405 without the Allow header"]
@@ -180,24 +191,49 @@ def _problems(response: Response, model_id: str) -> list[str]:
         body = response.json()
     except ValueError:
         return [f"{status} body is not JSON"]
-    return _error_problems(body, status, model_id)
+    return _error_problems(body, status, model_id, shape)
 
 
-def _error_problems(body: Any, status: int | None, model_id: str) -> list[str]:
+def _error_problems(body: Any, status: int | None, model_id: str, shape: str) -> list[str]:
     """What is wrong with an error answer; `status` None for an error event inside a stream that began as 200."""
     where = "error event in a stream" if status is None else str(status)
-    problem = _envelope_problem(body)
+    if status is None and shape == "openai" and body.get("type") == "error":
+        # The Responses API's error event: {"type": "error", "code", "message", "param", "sequence_number"}.
+        body = {"error": {"message": body.get("message"), "type": "server_error" if body.get("code") in
+                          UNAVAILABLE_CODES else "invalid_request_error", "param": body.get("param"),
+                          "code": body.get("code")}}
+    problem = {"openai": _envelope_problem, "anthropic": _anthropic_problem, "ollama": _ollama_problem}[shape](body)
     if problem:
-        return [f"{where} not in the envelope: {problem}"]
+        return [f"{where} not in the {shape} error shape: {problem}"]
     error = body["error"]
-    failed = error["type"] == "server_error" if status is None else status >= 500
+    message = error if shape == "ollama" else error["message"]
+    if status is None:
+        failed = error.get("type") in ("server_error", "api_error", "overloaded_error") if shape != "ollama" else False
+    else:
+        failed = status >= 500
     if not failed:
         return []
-    if status not in (None, 503) or error["code"] not in UNAVAILABLE_CODES:
-        return [f"{where} ({error['code']}): only a model that cannot serve may fail a request"]
-    if model_id in error["message"]:
+    if status not in (None, 503) or (shape == "openai" and error["code"] not in UNAVAILABLE_CODES):
+        return [f"{where} ({message[:80]}): only a model that cannot serve may fail a request"]
+    if model_id in message:
         return [f"{where} blaming the default model, which is loadable: a request's own fault counted against it"]
     return []
+
+
+def _anthropic_problem(body: Any) -> str | None:
+    """Why `body` is not {"type": "error", "error": {"type": str, "message": str}}, or None."""
+    if not isinstance(body, dict) or body.get("type") != "error" or not isinstance(body.get("error"), dict):
+        return f"not {{'type': 'error', 'error': {{...}}}}: {body!r:.200}"
+    if not isinstance(body["error"].get("type"), str) or not isinstance(body["error"].get("message"), str):
+        return f"type/message not strings: {body!r:.200}"
+    return None
+
+
+def _ollama_problem(body: Any) -> str | None:
+    """Why `body` is not {"error": str}, or None."""
+    if not isinstance(body, dict) or set(body) != {"error"} or not isinstance(body["error"], str):
+        return f"not {{'error': '...'}}: {body!r:.200}"
+    return None
 
 
 def _envelope_problem(body: Any) -> str | None:

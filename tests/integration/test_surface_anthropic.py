@@ -144,6 +144,13 @@ def test_bad_input_is_400_in_anthropic_shape(client: anthropic.Anthropic, server
     with pytest.raises(anthropic.BadRequestError) as info:
         client.messages.create(model=DEFAULT_ID, max_tokens=8, messages=ASK, extra_body={"temperature": 1.5})
     assert "temperature" in _refused(info.value, "invalid_request_error")
+    # Found by the fuzz: a tool_choice that needs tools, with none given, is the request's fault (was a 500).
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.create(model=DEFAULT_ID, max_tokens=8, messages=ASK, tool_choice={"type": "any"})
+    assert "needs tools" in _refused(info.value, "invalid_request_error")
+    with pytest.raises(anthropic.BadRequestError) as info:
+        client.messages.count_tokens(model=DEFAULT_ID, messages=ASK, tool_choice={"type": "any"})
+    assert "needs tools" in _refused(info.value, "invalid_request_error")
     with pytest.raises(anthropic.NotFoundError) as info:
         client.messages.create(model="no-such-model", max_tokens=8, messages=ASK)
     assert "no-such-model" in _refused(info.value, "not_found_error")

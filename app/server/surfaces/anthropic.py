@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 
 from app.core.errors import InvalidRequest, SwitchboardError
 from app.core.services import Job, Services
-from app.server import errors
+from app.server import errors, schemas
 from app.server.schemas import ChatCompletionRequest
 from app.server.surfaces import common
 from app.server.surfaces.common import route_headers, route_request
@@ -92,7 +92,7 @@ class Conversation(BaseModel):
         return self._internal({})
 
     def _internal(self, sampling: dict[str, Any]) -> tuple[ChatCompletionRequest, dict[str, Any]]:
-        chat = ChatCompletionRequest.model_validate({
+        chat = schemas.internal(ChatCompletionRequest, {
             "model": self.model, "messages": _openai_messages(self.system, self.messages),
             "tools": [tool.openai() for tool in self.tools] if self.tools else None,
             "tool_choice": self.tool_choice.openai() if self.tool_choice else None, **sampling})

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from app.core.catalog import capabilities as caps
@@ -38,7 +38,7 @@ from app.core.errors import InvalidRequest, SwitchboardError
 from app.core.job import Job
 from app.core.runtime.placement import context_for
 from app.core.services import Services
-from app.server import errors
+from app.server import errors, schemas
 from app.server.schemas import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from app.server.surfaces import common
 from app.server.surfaces.common import route_request
@@ -184,16 +184,6 @@ class ShowBody(BaseModel):
     name: str | None = None  # what older clients send
 
 
-def _validated(model: type[_Body], data: dict[str, Any]) -> _Body:
-    """The internal request; InvalidRequest naming the field where it refuses what Ollama's request held."""
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(str(part) for part in first["loc"])
-        raise InvalidRequest(f"Invalid value for '{field}': {first['msg']}", param=field) from None
-
-
 def _sampling(options: Options | None) -> dict[str, Any]:
     """The chat body's fields of Ollama's options (num_predict below 1 is no limit, as Ollama's -1 and -2)."""
     if options is None:
@@ -294,7 +284,7 @@ def _tools(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
 def _chat(body: _Run, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
           tool_choice: str | dict[str, Any] | None = None) -> tuple[ChatCompletionRequest, dict[str, Any]]:
     """The internal chat request and the worker's params of an Ollama chat (or of a templated generate)."""
-    chat = _validated(ChatCompletionRequest, {
+    chat = schemas.internal(ChatCompletionRequest, {
         "model": body.model, "messages": messages, **_sampling(body.options), "tools": _tools(tools),
         "tool_choice": tool_choice, "response_format": _response_format(body.format)})
     return chat, {**chat.params(), **_llama_samplers(body.options)}
@@ -306,7 +296,7 @@ def _completion(body: GenerateBody) -> tuple[CompletionRequest, dict[str, Any]]:
         field = "images" if body.images else "format"
         raise InvalidRequest(f"{field} needs raw: false (a raw prompt is continued as text)", param=field)
     # CompletionRequest stops at 16 tokens by default (OpenAI's); Ollama's generate has no limit.
-    completion = _validated(CompletionRequest, {"model": body.model, "prompt": body.prompt, "max_tokens": None,
+    completion = schemas.internal(CompletionRequest, {"model": body.model, "prompt": body.prompt, "max_tokens": None,
                                                 **_sampling(body.options)})
     return completion, {**completion.params(), **_llama_samplers(body.options)}
 
@@ -477,7 +467,7 @@ async def _load_or_unload(services: Services, body: _KeepAlive, piece: Piece) ->
 async def _embeddings(services: Services, request: Request, body: _KeepAlive,
                       inputs: list[str]) -> tuple[list[list[float]], int, str]:
     """The vectors, the prompt tokens and the model that made them."""
-    internal = _validated(EmbeddingRequest, {"model": body.model, "input": inputs})
+    internal = schemas.internal(EmbeddingRequest, {"model": body.model, "input": inputs})
     route = route_request(request, "embeddings", internal, surface=SURFACE)
     job = await services.open(route, "embeddings", {"input": inputs})
     try:

@@ -27,7 +27,7 @@ from app.core.errors import InvalidRequest, ModelNotFound, SwitchboardError
 from app.core.job import Job
 from app.core.responses import StoredResponse
 from app.core.services import Services
-from app.server import errors
+from app.server import errors, schemas
 from app.server.schemas import ChatCompletionRequest
 from app.server.surfaces import common
 from app.server.surfaces.common import route_request
@@ -164,7 +164,7 @@ async def _turn(services: Services, body: ResponsesRequest) -> _Turn:
         raise InvalidRequest("input must not be empty", param="input")
     system = [{"role": "system", "content": body.instructions}] if body.instructions else []
     chat["messages"] = [*system, *history]
-    request = ChatCompletionRequest.model_validate({k: v for k, v in chat.items() if v is not None})
+    request = schemas.internal(ChatCompletionRequest, {k: v for k, v in chat.items() if v is not None})
     params = request.params()
     for name in ("top_k", "min_p", "repeat_penalty"):
         if getattr(body, name) is not None:
