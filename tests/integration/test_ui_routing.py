@@ -30,14 +30,14 @@ from tests.support.gguf_files import write_gguf
 
 SMOL = "smollm2-135m-instruct:q4_1"
 ALPHA = "alpha:q4_0"
-BETA = "beta:q8_0"  # the only model with tools
+BETA = "beta:q8_0"  # the only model whose template calls tools itself (native_tools)
 
 
 @pytest.fixture
 def engine(sb_home: Path, tmp_path: Path) -> Iterator[Engine]:
     models = tmp_path / "models"
     write_gguf(models / "alpha-Q4_0.gguf", name="Alpha", chat_template="{{ messages }}", file_type=2)
-    write_gguf(models / "beta-Q8_0.gguf", name="Beta", chat_template="{{ tools }}{{ messages }}", file_type=7)
+    write_gguf(models / "beta-Q8_0.gguf", name="Beta", chat_template="{{ tools }}<tool_call>{{ messages }}", file_type=7)
     engine = Engine(Config(discovery=False, model_dirs=[str(models)]))
     loop = asyncio.new_event_loop()
     loop.run_until_complete(engine.rescan())
@@ -330,16 +330,16 @@ def test_an_experiment_error_is_shown(panel: RoutingPanel, engine: Engine) -> No
 def test_try_a_request_shows_candidates_and_filter_reasons(panel: RoutingPanel, engine: Engine) -> None:
     panel.tabs.setCurrentIndex(2)
     panel.try_tab.try_prompt.setPlainText("Call the weather tool for Paris")
-    panel.try_tab.try_capabilities.setText("tools")
+    panel.try_tab.try_capabilities.setText("native_tools")
     panel.try_tab.try_button.click()
     assert not panel.try_tab.try_error.isVisible()
     model = panel.try_tab.candidates_model
     rows = {model.index(r, 0).data(): [model.index(r, c).data() for c in range(1, 5)] for r in range(model.rowCount())}
     assert rows[BETA][2] == "chosen"
-    assert rows[SMOL][1:] == ["—", "filtered out", "lacks tools"]
-    assert rows[ALPHA][1:] == ["—", "filtered out", "lacks tools"]
+    assert rows[SMOL][1:] == ["—", "filtered out", "lacks native_tools"]
+    assert rows[ALPHA][1:] == ["—", "filtered out", "lacks native_tools"]
     assert BETA in panel.try_tab.decision_label.text() and "least_loaded" in panel.try_tab.decision_label.text()
-    assert dry_run(engine, capabilities=("tools",)) == BETA  # the same decision as the router's
+    assert dry_run(engine, capabilities=("native_tools",)) == BETA  # the same decision as the router's
 
     panel.try_tab.try_capabilities.setText("vision")
     assert panel.try_tab.try_request() is None
