@@ -1,4 +1,4 @@
-"""The `switchboard` command: the desktop app (gui), serve (headless), scan, route, keys."""
+"""The `switchboard` command: the desktop app (gui), serve (headless), scan, route, pull, keys."""
 
 from __future__ import annotations
 
@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--session", help="a session key (as the x-session-id header)")
     route.add_argument("--url", help="the running server (default http://127.0.0.1:PORT from the config)")
     route.add_argument("--api-key", help="the server's API key (or SWITCHBOARD_API_KEY)")
+    pull = commands.add_parser("pull", help="download a GGUF model from the Hugging Face hub into its cache")
+    pull.add_argument("model", help="owner/repo or owner/repo:quant (Q4_K_M, else the smallest, when left out)")
+    pull.add_argument("--url", help="the running server (default http://127.0.0.1:PORT from the config)")
+    pull.add_argument("--api-key", help="the server's API key (or SWITCHBOARD_API_KEY)")
     _keys_parser(commands.add_parser("keys", help="add, list and revoke the API keys clients send"))
     return parser
 
@@ -125,10 +129,9 @@ def _route(args: argparse.Namespace, config: Config) -> int:
     body: dict[str, Any] = {"model": args.model, "messages": [*messages, {"role": "user", "content": args.prompt}]}
     if args.capability:
         body["capabilities"] = args.capability
-    url = (args.url or f"http://127.0.0.1:{config.port}").rstrip("/")
-    headers = {"x-session-id": args.session} if args.session else {}
-    if config.api_key:
-        headers["authorization"] = f"Bearer {config.api_key}"
+    url, headers = _server(args, config)
+    if args.session:
+        headers["x-session-id"] = args.session
     source = f"server at {url}"
     try:
         response = httpx.post(f"{url}/api/route", json=body, headers=headers, timeout=10)
@@ -166,6 +169,92 @@ def _route(args: argparse.Namespace, config: Config) -> int:
             state = "filtered" if c["filtered"] else f"{c['score']:.3f}"
             print(f"  {name:<{width}}{state:>9}  {c['reason']}")
     return 0
+
+
+def _server(args: argparse.Namespace, config: Config) -> tuple[str, dict[str, str]]:
+    """Where the running server listens, and the headers that let this command in."""
+    url = (args.url or f"http://127.0.0.1:{config.port}").rstrip("/")
+    return url, ({"authorization": f"Bearer {config.api_key}"} if config.api_key else {})
+
+
+def _pull(args: argparse.Namespace, config: Config) -> int:
+    """Through the running server (its registry gets the model at once); without one, here, into the same cache
+    and store. Progress on stderr, the new model's id on stdout."""
+    import httpx
+
+    url, headers = _server(args, config)
+    try:
+        with httpx.stream("POST", f"{url}/api/models/pull", json={"model": args.model}, headers=headers,
+                          timeout=httpx.Timeout(30, read=None)) as response:
+            if response.status_code != 200:
+                response.read()
+                try:
+                    message = response.json().get("error", {}).get("message", response.text)
+                except ValueError:
+                    message = response.text
+                print(f"switchboard: {message}", file=sys.stderr)
+                return 1
+            for line in response.iter_lines():
+                code = _show_pull(json.loads(line[5:])) if line.startswith("data:") else None
+                if code is not None:
+                    return code
+        print("\nswitchboard: the server ended the pull without a result", file=sys.stderr)
+        return 1
+    except httpx.ConnectError:
+        return _pull_here(args.model, config)
+    except KeyboardInterrupt:  # closing the stream cancels the server's pull
+        print("\nswitchboard: pull cancelled", file=sys.stderr)
+        return 130
+
+
+def _pull_here(spec: str, config: Config) -> int:
+    import asyncio
+
+    from app.core.errors import SwitchboardError
+    from app.core.services import Services
+
+    services = Services.create(config)
+
+    async def pulled() -> int:
+        pull = await services.library.pull(spec)
+        try:
+            async for event in pull.events():
+                code = _show_pull(event)
+                if code is not None:
+                    return code
+            return 1  # unreachable: the events end with done or error
+        finally:
+            pull.cancel()  # a no-op once it ended; on Ctrl-C, stops the download thread
+
+    try:
+        return asyncio.run(pulled())
+    except SwitchboardError as exc:
+        print(f"switchboard: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nswitchboard: pull cancelled", file=sys.stderr)
+        return 130
+    finally:
+        services.close_store()
+
+
+def _show_pull(event: dict[str, Any]) -> int | None:
+    """One progress line, rewritten in place; at the end the model id (stdout) or the error, and the exit code."""
+    kind = event.get("event")
+    if kind == "start":
+        print(f"Pulling {event['repo']}: {', '.join(event['files'])}", file=sys.stderr)
+    elif kind == "progress":
+        done, total = event["done"], max(1, event["total"])
+        print(f"\r  {done / 2**20:,.1f} / {total / 2**20:,.1f} MiB  {100 * done // total:3d}%", end="",
+              file=sys.stderr, flush=True)
+    elif kind == "done":
+        print(file=sys.stderr)
+        print(event["model"])
+        return 0
+    elif kind == "error":
+        print(f"\nswitchboard: {event.get('message')}", file=sys.stderr)
+        return 1
+    return None
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -237,6 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _scan(args, config)
     if args.command == "route":
         return _route(args, config)
+    if args.command == "pull":
+        return _pull(args, config)
     if args.command == "keys":
         return _keys(args, config)
     if args.command == "serve":

@@ -60,6 +60,12 @@ class WorkerDied(WorkerCrashed):
     code = "worker_crashed"
 
 
+class HubUnavailable(ModelUnavailable):
+    """The Hugging Face hub cannot be reached, or failed: nothing a request did, and no local model's fault."""
+
+    code = "hub_unavailable"
+
+
 class InsufficientMemory(ModelUnavailable):
     code = "insufficient_memory"
 

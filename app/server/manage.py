@@ -5,14 +5,19 @@ The desktop window calls the same services in-process; this module only translat
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.responses import Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import Response, StreamingResponse
 
 from app.core.keys import KeySpec
 from app.core.routing.quota import Limits
 from app.core.services import Services
+from app.core.services.library import Pull
 from app.server.schemas import (
     ChatCompletionRequest,
     ExperimentBody,
@@ -23,6 +28,28 @@ from app.server.schemas import (
     RouterBody,
 )
 from app.server.surfaces.common import route_request
+
+
+class PullBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1, max_length=300, description="owner/repo or owner/repo:quant on the hub")
+
+
+async def _pull_events(pull: Pull, request: Request) -> AsyncIterator[bytes]:
+    """The pull's events as server-sent events; a client that goes away cancels it (even while no byte flows)."""
+
+    async def hung_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        pull.cancel()
+
+    watching = asyncio.ensure_future(hung_up())
+    try:
+        async for event in pull.events():
+            yield f"event: {event['event']}\ndata: {json.dumps(event)}\n\n".encode()
+    finally:
+        watching.cancel()
+        pull.cancel()  # a no-op once it ended; stops the download when the stream was closed early
 
 
 def routes(services: Services) -> APIRouter:
@@ -37,6 +64,21 @@ def routes(services: Services) -> APIRouter:
     async def add_remote(body: RemoteBody) -> dict[str, Any]:
         return models.add_remote(body.id, base_url=body.base_url, model=body.model, api_key=body.api_key,
                                  capabilities=body.capabilities, context_length=body.context_length)
+
+    @router.post("/models/pull")
+    async def pull(body: PullBody, request: Request) -> Response:
+        # Bad input (no such repo or quantization, no GGUF in it) is an error answer before the stream starts.
+        pulling = await services.library.pull(body.model)
+        return StreamingResponse(_pull_events(pulling, request), media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache"})
+
+    @router.get("/library/search")
+    async def library_search(q: str = "", limit: int = 20) -> dict[str, Any]:
+        return {"data": await services.library.search(q, limit)}
+
+    @router.get("/library/files")
+    async def library_files(repo: str = "") -> dict[str, Any]:
+        return await services.library.files(repo)
 
     @router.get("/models/{model_id:path}/estimate")
     async def estimate(model_id: str) -> dict[str, Any]:

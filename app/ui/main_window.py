@@ -1,4 +1,4 @@
-"""The main window: Models, Resources, Routing and Server tabs over one Services.
+"""The main window: Chat, Models, Resources, Routing and Server tabs over one Services.
 
 Closing it hides it into the tray (the server keeps serving) where a tray exists and the "close_to_tray"
 setting is on; elsewhere it asks, with a message box opened by open() (no nested exec), whether to quit.
@@ -11,6 +11,7 @@ from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
 from PySide6.QtWidgets import QLabel, QMainWindow, QMessageBox, QTabWidget, QWidget
 
 from app.core.services import Services
+from app.ui.chat.panel import ChatPanel
 from app.ui.models.panel import ModelsPanel
 from app.ui.resources.panel import ResourcesPanel
 from app.ui.routing.panel import RoutingPanel
@@ -41,10 +42,12 @@ class MainWindow(QMainWindow):
 
         self.tabs = QTabWidget()
         self.tabs.setDocumentMode(True)
+        self.chat_panel = ChatPanel(services, self)
         self.models_panel = ModelsPanel(services, self)
         self.resources_panel = ResourcesPanel(services, self)
         self.routing_panel = RoutingPanel(services, self)
         self.server_panel = ServerPanel(services, controller, self)
+        self.tabs.addTab(self.chat_panel, "Chat")
         self.tabs.addTab(self.models_panel, "Models")
         self.tabs.addTab(self.resources_panel, "Resources")
         self.tabs.addTab(self.routing_panel, "Routing")

@@ -12,7 +12,7 @@ from app.core.storage import migrations
 from app.core.storage.store import Store
 
 TABLES = {"models", "settings", "quota_limits", "quota_usage", "decisions", "experiments", "experiment_samples",
-          "api_keys", "responses"}
+          "api_keys", "responses", "conversations", "conversation_messages"}
 
 # The schema as Switchboard wrote it before PRAGMA user_version (frozen here: it must never follow the code).
 UNVERSIONED = """
@@ -75,7 +75,8 @@ def test_a_fresh_database_runs_every_step(db: sqlite3.Connection) -> None:
     assert tables(db) == TABLES
     indexes = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")
                if not name.startswith("sqlite_")}
-    assert indexes == {"experiment_samples_by_experiment", "experiment_samples_by_request", "responses_by_created"}
+    assert indexes == {"experiment_samples_by_experiment", "experiment_samples_by_request", "responses_by_created",
+                       "conversation_messages_by_conversation"}
 
 
 def test_a_store_opens_at_the_latest_version(tmp_path: Path) -> None:

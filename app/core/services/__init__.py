@@ -24,6 +24,8 @@ from app.core.responses import ResponseStore
 from app.core.routing.quota import Limits, model_scope
 from app.core.routing.request import RouteRequest, RoutingDecision
 from app.core.runtime.pool import LoadedModel
+from app.core.services.chats import Chats
+from app.core.services.library import Library
 from app.core.services.models import Models
 
 __all__ = ["Experiments", "Job", "MemorySample", "Models", "Quota", "Routing", "Services", "Settings"]
@@ -148,7 +150,9 @@ class Services:
         # API keys with their quotas (app/core/keys.py), the config's api_key included.
         self.keys = KeyRing(engine.store, engine.quota, engine.config)
         self.settings = Settings(engine)
+        self.library = Library(engine)
         self.responses = ResponseStore(engine.store, engine.config)
+        self.chats = Chats(engine)
 
     @classmethod
     def create(cls, config: Config, **kwargs: Any) -> Services:

@@ -124,7 +124,29 @@ def _surfaces(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX responses_by_created ON responses (created)")
 
 
-STEPS: tuple[Step, ...] = (_baseline, _api_keys, _surfaces)
+def _conversations(db: sqlite3.Connection) -> None:
+    # core/conversations.py: the window's chats (model and sampling settings each) and their messages, in order;
+    # an answer's facts (model, reason, TTFT, tokens/s) as JSON.
+    db.execute("""CREATE TABLE conversations (
+        id TEXT PRIMARY KEY,
+        title TEXT NOT NULL,
+        model TEXT NOT NULL,
+        settings TEXT NOT NULL,
+        created REAL NOT NULL,
+        updated REAL NOT NULL
+    )""")
+    db.execute("""CREATE TABLE conversation_messages (
+        seq INTEGER PRIMARY KEY,
+        conversation_id TEXT NOT NULL,
+        role TEXT NOT NULL,
+        content TEXT NOT NULL,
+        facts TEXT,
+        created REAL NOT NULL
+    )""")
+    db.execute("CREATE INDEX conversation_messages_by_conversation ON conversation_messages (conversation_id, seq)")
+
+
+STEPS: tuple[Step, ...] = (_baseline, _api_keys, _surfaces, _conversations)
 
 
 def version(db: sqlite3.Connection) -> int:

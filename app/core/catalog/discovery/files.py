@@ -17,8 +17,9 @@ from app.core.catalog.discovery.found import FoundModel, ScanProblem, ScanResult
 from app.core.catalog.gguf.header import GGUFError, GGUFHeader
 from app.core.catalog.gguf.reader import read_header
 
-# llama.cpp's gguf-split names parts "<base>-00001-of-00003.gguf" (1-based; split.no is 0-based).
-_SPLIT_NAME = re.compile(r"(?P<base>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf", re.IGNORECASE)
+# llama.cpp's gguf-split names parts "<base>-00001-of-00003.gguf" (1-based; split.no is 0-based), on disk and on the
+# hub alike.
+SPLIT_NAME = re.compile(r"(?P<base>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf", re.IGNORECASE)
 # Quantization suffixes as uploaders write them: ".Q4_1", "-Q4_K_M", "-UD-Q4_K_XL", "-IQ2_XXS", "-BF16", ...
 _QUANT_SUFFIX = re.compile(
     r"[-._](?:UD-)?(?:I?Q\d+(?:_[A-Z0-9]+)*|TQ\d_\d|B?F16|F32|F64|MXFP4(?:_MOE)?)\Z", re.IGNORECASE
@@ -106,7 +107,7 @@ def group_files(
         if header.is_projector:
             projectors[scope(path)].append(header)
             continue
-        match = _SPLIT_NAME.fullmatch(os.path.basename(path))
+        match = SPLIT_NAME.fullmatch(os.path.basename(path))
         if match and int(match["count"]) > 1:
             no, count = int(match["no"]), int(match["count"])
             if (header.split_no + 1, header.split_count) != (no, count):

@@ -292,7 +292,7 @@ def read_header(path: str | os.PathLike[str]) -> GGUFHeader:
             raise GGUFError("not a regular file")
         if st.st_size == 0:
             raise GGUFError("empty file (0 bytes)")
-        return _parse(Window(fd, st.st_size, scratch()), p)
+        return parse(Window(fd, st.st_size, scratch()), p)
     except GGUFError:
         raise
     except OSError as e:
@@ -305,7 +305,9 @@ def read_header(path: str | os.PathLike[str]) -> GGUFHeader:
         os.close(fd)
 
 
-def _parse(r: Window, path: str) -> GGUFHeader:
+def parse(r: Window, path: str) -> GGUFHeader:
+    """The header in a window over a file's bytes (its size the file's); `path` names it in errors. read_header
+    opens a file for it; the hub gives it the first bytes of a remote file."""
     size = r.size
     if size < 4:
         raise GGUFError(f"not a GGUF file (only {size} bytes)")
