@@ -11,3 +11,14 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
+
+
+class TickingClock(Clock):
+    """A clock that moves on a second each time it is read, so each thing it times has a time of its own."""
+
+    def __init__(self, t: float = 100.0) -> None:
+        super().__init__(t)
+
+    def __call__(self) -> float:
+        self.t += 1.0
+        return self.t

@@ -17,19 +17,11 @@ from app.core.routing.strategies.base import Outcome
 from app.core.routing.strategies.params import fields
 from app.core.services.chats import Reply
 from app.core.storage.store import Store
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        self.t += 1.0
-        return self.t
+from tests.support.clock import TickingClock
 
 
 def test_conversations_are_listed_most_recently_used_first(store: Store) -> None:
-    chats = Conversations(store, clock=Clock())
+    chats = Conversations(store, clock=TickingClock())
     first = chats.create()
     second = chats.create(model="smol:q4_1", settings=ChatSettings(temperature=0.0))
     assert [c.id for c in chats.all()] == [second.id, first.id]

@@ -9,15 +9,7 @@ import pytest
 
 from app.core.observe.decisions import DecisionLog
 from app.core.storage.store import Store
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        self.t += 1.0
-        return self.t
+from tests.support.clock import TickingClock
 
 
 def decide(log: DecisionLog, request_id: str, model_id: str = "m", **extra: Any) -> None:
@@ -47,7 +39,7 @@ def finish(log: DecisionLog, request_id: str, status: int = 200, error: str | No
 
 
 def test_newest_first_with_limit(store: Store) -> None:
-    log = DecisionLog(store, clock=Clock())
+    log = DecisionLog(store, clock=TickingClock())
     for i in range(5):
         decide(log, f"r{i}")
     assert [d["request_id"] for d in log.recent()] == ["r4", "r3", "r2", "r1", "r0"]
@@ -58,7 +50,7 @@ def test_newest_first_with_limit(store: Store) -> None:
 
 
 def test_entry_fields_and_completion_merge(store: Store) -> None:
-    log = DecisionLog(store, clock=Clock())
+    log = DecisionLog(store, clock=TickingClock())
     decide(log, "r1")
     pending = log.get("r1")
     assert pending is not None
@@ -86,7 +78,7 @@ def test_entry_fields_and_completion_merge(store: Store) -> None:
 
 
 def test_a_retry_appends_and_completes_the_newest(store: Store) -> None:
-    log = DecisionLog(store, clock=Clock())
+    log = DecisionLog(store, clock=TickingClock())
     decide(log, "r1", "first")
     decide(log, "r1", "second", retried=True)
     finish(log, "r1")
@@ -119,7 +111,7 @@ def test_capacity_bound_in_memory_and_sqlite(store: Store) -> None:
 def test_survives_restart(tmp_path: Path) -> None:
     path = tmp_path / "sb.db"
     store = Store(path)
-    log = DecisionLog(store, capacity=3, clock=Clock())
+    log = DecisionLog(store, capacity=3, clock=TickingClock())
     for i in range(5):
         decide(log, f"r{i}")
     finish(log, "r3")

@@ -8,15 +8,7 @@ from typing import Any
 from app.core.config import Config
 from app.core.responses import ResponseStore
 from app.core.storage.store import Store
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.t = 100.0
-
-    def __call__(self) -> float:
-        self.t += 1.0
-        return self.t
+from tests.support.clock import TickingClock
 
 
 def response(response_id: str) -> dict[str, Any]:
@@ -38,7 +30,7 @@ async def test_a_saved_response_reads_back_before_any_flush(store: Store) -> Non
 
 
 async def test_only_the_newest_are_kept(store: Store) -> None:
-    responses = ResponseStore(store, Config(responses_kept=3), clock=Clock())
+    responses = ResponseStore(store, Config(responses_kept=3), clock=TickingClock())
     for n in range(5):
         responses.save(response(f"resp_{n}"), conversation(str(n)))
     kept = [n for n in range(5) if await responses.get(f"resp_{n}") is not None]
@@ -54,7 +46,7 @@ async def test_keeping_none_stores_nothing(store: Store) -> None:
 
 
 async def test_delete_forgets_one_response(store: Store) -> None:
-    responses = ResponseStore(store, Config(responses_kept=10), clock=Clock())
+    responses = ResponseStore(store, Config(responses_kept=10), clock=TickingClock())
     responses.save(response("resp_1"), conversation("one"))
     responses.save(response("resp_2"), conversation("two"))
     assert await responses.delete("resp_1") is True
