@@ -195,8 +195,7 @@ class BatchEngine:
         echo = None
         plan = None
         if op == "chat":
-            plan = tools.plan(params, self._chat.tool_style)
-            prompt, stops = self._chat.tokens(plan.messages, plan.tools)
+            plan, prompt, stops = self._chat.prompt(params)
             stop += [s for s in stops if s not in stop]
         elif op == "completion":
             text = params["prompt"]
@@ -232,8 +231,7 @@ class BatchEngine:
     def count(self, params: dict[str, Any]) -> int:
         """The prompt tokens of a chat (or, given a `prompt`, a completion), as `submit` would make them."""
         if "messages" in params:
-            plan = tools.plan(params, self._chat.tool_style)
-            return len(self._chat.tokens(plan.messages, plan.tools)[0])
+            return len(self._chat.prompt(params)[1])
         return len(self._completion_tokens(params["prompt"]))
 
     def _completion_tokens(self, text: str) -> list[int]:
@@ -598,6 +596,12 @@ class ChatPrompt:
         self.formatter = Jinja2ChatFormatter(
             template=template, eos_token=model.token_get_text(eos) if eos >= 0 else "",
             bos_token=model.token_get_text(bos) if bos >= 0 else "", stop_token_ids=[eos])
+
+    def prompt(self, params: dict[str, Any]) -> tuple[tools.ToolPlan, list[int], list[str]]:
+        """A chat request's prompt: how its tools are offered (tools.py), its tokens, its template's stop strings."""
+        plan = tools.plan(params, self.tool_style)
+        prompt, stops = self.tokens(plan.messages, plan.tools)
+        return plan, prompt, stops
 
     def tokens(self, messages: list[Any], tools: list[Any] | None = None) -> tuple[list[int], list[str]]:
         """The prompt's tokens, and the stop strings the template asks for; `tools` for a template that renders
